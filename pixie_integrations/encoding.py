@@ -1,0 +1,130 @@
+"""Turning (query, document) pairs into token ids: the template, and truncation that only ever cuts the document."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .families import ModelFamily
+from .loading import LoadedModel
+from .template import DOCUMENT_HEAD, SUFFIX, format_query
+
+__all__ = ["EncodedPair", "PairEncoder"]
+
+# Beyond this a tokenizer's model_max_length is the "no limit" sentinel transformers uses, not a real limit.
+_NO_LIMIT = 1_000_000
+# Encoders whose position table reserves two slots for padding (RoBERTa lineage).
+_POSITION_OFFSET_TYPES = frozenset({"roberta", "xlm-roberta", "camembert", "bge-m3"})
+
+
+@dataclass(frozen=True)
+class EncodedPair:
+    """Token ids of one input: ``prefix`` (shared by all documents of one query) then ``rest``."""
+
+    prefix: tuple[int, ...]
+    """Template families: text A (system prompt, instruction, query). Encoders: the whole pair."""
+    rest: tuple[int, ...] = ()
+    """Template families: ``<Document>: {document}`` (possibly cut) and the suffix. Encoders: empty."""
+    token_type_ids: tuple[int, ...] | None = None
+    """Encoders that use segment ids (BERT); ``None`` otherwise."""
+
+    def __len__(self) -> int:
+        return len(self.prefix) + len(self.rest)
+
+    @property
+    def input_ids(self) -> tuple[int, ...]:
+        return self.prefix + self.rest
+
+
+class PairEncoder:
+    """Tokenizes pairs the way the model card's CrossEncoder does, without ever cutting the template."""
+
+    def __init__(self, loaded: LoadedModel, *, max_length: int | None) -> None:
+        self._loaded = loaded
+        self._tokenizer = loaded.tokenizer
+        limit = _model_limit(loaded)
+        if max_length is None:
+            max_length = limit
+        elif isinstance(max_length, bool) or not isinstance(max_length, int) or max_length <= 0:
+            raise ValueError(f"max_length must be a positive int or None, got {max_length!r}")
+        elif max_length > limit:
+            raise ValueError(f"max_length={max_length} exceeds the model's limit of {limit} tokens")
+        self.max_length = max_length
+        if loaded.family.uses_template:
+            self._suffix = tuple(self._ids([SUFFIX])[0])
+            # "<Document>:" must survive truncation so the model still sees where the document starts.
+            self._head_len = len(self._ids([DOCUMENT_HEAD.rstrip()])[0])
+            self._n_special = 0
+        else:
+            self._n_special = self._tokenizer.num_special_tokens_to_add(pair=True)
+
+    def _ids(self, texts: list[str]) -> list[list[int]]:
+        with self._loaded.tokenizer_lock:
+            return self._tokenizer(texts, add_special_tokens=False)["input_ids"]
+
+    def encode(self, pairs: list[tuple[str, str]], instruction: str) -> tuple[list[EncodedPair], int]:
+        """Encode pairs; returns the encodings (in order) and how many documents were cut to fit ``max_length``."""
+        if self._loaded.family.uses_template:
+            return self._encode_template(pairs, instruction)
+        return self._encode_plain(pairs)
+
+    def _encode_template(self, pairs: list[tuple[str, str]], instruction: str) -> tuple[list[EncodedPair], int]:
+        queries = list(dict.fromkeys(q for q, _ in pairs))
+        prefixes = {q: tuple(ids) for q, ids in zip(queries, self._ids([format_query(q, instruction) for q in queries]))}
+        docs = self._ids([DOCUMENT_HEAD + d for _, d in pairs])
+        encoded: list[EncodedPair] = []
+        truncated = 0
+        for (query, _), doc in zip(pairs, docs):
+            prefix = prefixes[query]
+            room = self.max_length - len(prefix) - len(self._suffix)
+            if room < self._head_len:
+                raise ValueError(
+                    f"max_length={self.max_length} cannot hold the template and the query: the instruction and query "
+                    f"take {len(prefix)} tokens, the suffix {len(self._suffix)} and the document marker "
+                    f"{self._head_len}, so at least {len(prefix) + len(self._suffix) + self._head_len} are needed."
+                )
+            if len(doc) > room:
+                doc = doc[:room]
+                truncated += 1
+            encoded.append(EncodedPair(prefix=prefix, rest=tuple(doc) + self._suffix))
+        return encoded, truncated
+
+    def _encode_plain(self, pairs: list[tuple[str, str]]) -> tuple[list[EncodedPair], int]:
+        queries = list(dict.fromkeys(q for q, _ in pairs))
+        query_lengths = dict(zip(queries, map(len, self._ids(queries))))
+        doc_lengths = list(map(len, self._ids([d for _, d in pairs])))
+        truncated = 0
+        for (query, _), doc_len in zip(pairs, doc_lengths):
+            fixed = query_lengths[query] + self._n_special
+            if fixed + 1 > self.max_length:
+                raise ValueError(
+                    f"max_length={self.max_length} cannot hold the query: it takes {query_lengths[query]} tokens and "
+                    f"the special tokens {self._n_special}, so at least {fixed + 1} are needed."
+                )
+            truncated += fixed + doc_len > self.max_length
+        with self._loaded.tokenizer_lock:
+            features = self._tokenizer(
+                [q for q, _ in pairs],
+                [d for _, d in pairs],
+                truncation="only_second",
+                max_length=self.max_length,
+            )
+        type_ids = features.get("token_type_ids")
+        encoded = [
+            EncodedPair(prefix=tuple(ids), token_type_ids=tuple(type_ids[i]) if type_ids is not None else None)
+            for i, ids in enumerate(features["input_ids"])
+        ]
+        return encoded, truncated
+
+
+def _model_limit(loaded: LoadedModel) -> int:
+    config = loaded.model.config
+    limits = []
+    positions = getattr(config, "max_position_embeddings", None)
+    if positions:
+        offset = 2 if getattr(config, "model_type", "") in _POSITION_OFFSET_TYPES else 0
+        limits.append(positions - offset)
+    if not loaded.family.uses_template:
+        tokenizer_limit = getattr(loaded.tokenizer, "model_max_length", None)
+        if tokenizer_limit and tokenizer_limit < _NO_LIMIT:
+            limits.append(tokenizer_limit)
+    return min(limits) if limits else 512

@@ -1,0 +1,204 @@
+"""Loading a checkpoint once per process: device and dtype resolution, clear load errors, the shared-model registry."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import threading
+import weakref
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .families import ModelFamily, detect_family
+
+__all__ = ["LoadedModel", "ModelLoadError", "load_model", "resolve_device", "resolve_dtype"]
+
+logger = logging.getLogger(__name__)
+
+_DTYPE_NAMES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
+}
+
+
+class ModelLoadError(OSError):
+    """A checkpoint could not be loaded; the message says why and how to point ``model`` at a local copy."""
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``None`` picks cuda, then mps, then cpu."""
+    if device is not None:
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+@functools.cache
+def cpu_has_bf16_matmul() -> bool:
+    """Whether this CPU has native bfloat16 matrix units (AMX or AVX512-BF16), where bf16 beats float32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """``None`` picks bfloat16 on CUDA and on CPUs with bf16 matrix units, float32 elsewhere."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if isinstance(dtype, str):
+        key = dtype.lower().removeprefix("torch.")
+        if key == "auto":
+            dtype = None
+        elif key in _DTYPE_NAMES:
+            return _DTYPE_NAMES[key]
+        else:
+            raise ValueError(f"Unknown dtype {dtype!r}; use one of 'float32', 'bfloat16', 'float16' or a torch.dtype.")
+    if dtype is not None:
+        raise TypeError(f"dtype must be a torch.dtype, a str or None, not {type(dtype).__name__}")
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu" and cpu_has_bf16_matmul():
+        return torch.bfloat16
+    return torch.float32
+
+
+@dataclass(eq=False)
+class LoadedModel:
+    """A model and tokenizer in memory, shared by every scorer that asked for the same checkpoint and settings."""
+
+    name: str
+    model: Any
+    tokenizer: Any
+    family: ModelFamily
+    device: torch.device
+    dtype: torch.dtype
+    # HF fast tokenizers keep truncation/padding state on the Rust side and raise "Already borrowed" when two
+    # threads use one at once: tokenization takes this lock, forward passes do not need it.
+    tokenizer_lock: threading.Lock = field(default_factory=threading.Lock)
+    __weakref__: Any = field(default=None, init=False, repr=False, compare=False)
+
+
+_registry: weakref.WeakValueDictionary[tuple[Any, ...], LoadedModel] = weakref.WeakValueDictionary()
+_registry_lock = threading.Lock()
+
+
+def _looks_like_path(model: str) -> bool:
+    """A hub id is ``name`` or ``owner/name``; anything else (``./x``, ``/x``, ``a/b/c``, ``C:\\x``) is a path."""
+    return model.startswith((".", "/", "~")) or model.count("/") > 1 or "\\" in model or ":" in model
+
+
+def _load_error(model: str, exc: Exception) -> ModelLoadError:
+    if _looks_like_path(model) or Path(model).expanduser().exists():
+        return ModelLoadError(
+            f"Model path {model!r} does not exist or holds no transformers checkpoint "
+            f"(config.json, weights and tokenizer files): {exc}"
+        )
+    return ModelLoadError(
+        f"Could not load {model!r} from the Hugging Face Hub ({type(exc).__name__}: {exc}). If this machine has "
+        "no network, download the model where there is one "
+        f"(`hf download {model} --local-dir ./{model.split('/')[-1]}`), copy the folder here and pass its path as "
+        f"model='./{model.split('/')[-1]}'; or set HF_HUB_OFFLINE=1 with a filled Hugging Face cache."
+    )
+
+
+def load_model(
+    model: str,
+    *,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+    family: ModelFamily | str | None = None,
+    revision: str | None = None,
+    token: str | bool | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    trust_remote_code: bool = False,
+    local_files_only: bool = False,
+    attn_implementation: str | None = None,
+    model_kwargs: dict[str, Any] | None = None,
+    tokenizer_kwargs: dict[str, Any] | None = None,
+) -> LoadedModel:
+    """Load (or reuse) a reranker checkpoint. The same arguments in any thread give the same :class:`LoadedModel`."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+    model = os.fspath(model)
+    if model.startswith("~"):
+        model = os.path.expanduser(model)
+    resolved_device = resolve_device(device)
+    resolved_dtype = resolve_dtype(dtype, resolved_device)
+    forced = ModelFamily(family) if family is not None else None
+    key = (
+        model,
+        str(resolved_device),
+        resolved_dtype,
+        forced,
+        revision,
+        trust_remote_code,
+        attn_implementation,
+        repr(sorted((model_kwargs or {}).items())),
+        repr(sorted((tokenizer_kwargs or {}).items())),
+    )
+    with _registry_lock:
+        loaded = _registry.get(key)
+        if loaded is not None:
+            return loaded
+        if _looks_like_path(model) and not Path(model).exists():
+            raise ModelLoadError(
+                f"Model path {model!r} does not exist. Point model= at a folder holding a downloaded checkpoint "
+                "(config.json, weights and tokenizer files), or at a Hugging Face Hub id such as "
+                "'telepix/PIXIE-Spell-Reranker-Preview-0.6B'."
+            )
+        hub_kwargs: dict[str, Any] = {
+            "revision": revision,
+            "token": token,
+            "cache_dir": cache_dir,
+            "trust_remote_code": trust_remote_code,
+            "local_files_only": local_files_only,
+        }
+        try:
+            config = AutoConfig.from_pretrained(model, **hub_kwargs)
+            resolved_family = forced or detect_family(config)
+            tokenizer = AutoTokenizer.from_pretrained(model, **hub_kwargs, **(tokenizer_kwargs or {}))
+            extra = dict(model_kwargs or {})
+            if attn_implementation is not None:
+                extra["attn_implementation"] = attn_implementation
+            auto_cls = (
+                AutoModelForCausalLM
+                if resolved_family is ModelFamily.QWEN3_CAUSAL_LM
+                else AutoModelForSequenceClassification
+            )
+            hf_model = auto_cls.from_pretrained(model, config=config, dtype=resolved_dtype, **hub_kwargs, **extra)
+        except ModelLoadError:
+            raise
+        except (OSError, ValueError) as exc:
+            if isinstance(exc, ValueError) and "num_labels" in str(exc):
+                raise
+            raise _load_error(model, exc) from exc
+        hf_model.to(resolved_device)
+        hf_model.eval()
+        hf_model.requires_grad_(False)
+        loaded = LoadedModel(
+            name=model,
+            model=hf_model,
+            tokenizer=tokenizer,
+            family=resolved_family,
+            device=resolved_device,
+            dtype=resolved_dtype,
+        )
+        _registry[key] = loaded
+        logger.info("Loaded %s (%s) on %s in %s", model, resolved_family.value, resolved_device, resolved_dtype)
+        return loaded

@@ -1,0 +1,305 @@
+"""PixieScorer: exact PIXIE (and Qwen3-Reranker, and encoder cross-encoder) scores on plain transformers."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .batching import plan_batches
+from .encoding import EncodedPair, PairEncoder
+from .families import ModelFamily
+from .loading import LoadedModel, load_model
+from .runner import ModelRunner
+from .template import DEFAULT_INSTRUCTION
+
+__all__ = ["DEFAULT_MODEL", "PixieScorer", "RankResult"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "telepix/PIXIE-Spell-Reranker-Preview-0.6B"
+
+# Padded tokens per forward pass. Large batches feed a GPU; on CPU small ones win (PERFORMANCE-NOTES.md).
+_DEFAULT_TOKEN_BUDGET = {"cuda": 16384, "mps": 8192, "cpu": 2048}
+# Above this many pairs a progress bar is worth showing (when show_progress_bar is left to decide).
+_PROGRESS_MIN_PAIRS = 2000
+
+
+@dataclass(frozen=True)
+class RankResult:
+    """One ranked document: its position in the input, its score and its text."""
+
+    index: int
+    """Position of the document in the list given to :meth:`PixieScorer.rank`."""
+    score: float
+    """Relevance probability (or the logit with ``raw=True``)."""
+    document: str
+    """The document text that was scored."""
+
+
+class PixieScorer:
+    """Scores (query, document) pairs with a PIXIE-style reranker, exactly as the model card's code does.
+
+    One instance wraps one loaded checkpoint; instances asking for the same checkpoint, device and dtype share the
+    model in memory (also across threads), so every framework adapter can hold its own scorer cheaply.
+
+    Args:
+        model: Hugging Face Hub id or local folder of the checkpoint.
+        device: ``"cuda"``, ``"cuda:1"``, ``"mps"``, ``"cpu"`` or a ``torch.device``; ``None`` picks cuda, then mps,
+            then cpu.
+        dtype: A ``torch.dtype`` or its name (``"float32"``, ``"bfloat16"``, ``"float16"``). ``None`` picks bfloat16
+            on CUDA and on CPUs with bf16 matrix units, float32 elsewhere. Use ``"float32"`` to reproduce the model
+            card's printed scores to 1e-5; the sigmoid always runs in float32.
+        max_length: Most tokens of one whole (query, document) input, template included. ``None``: the model's own
+            limit (40960 for PIXIE). Longer inputs lose the end of the document only; the template is never cut.
+        instruction: The task instruction of the prompt template, used when a call gives none. It changes the
+            scores: describe your domain's task here. Ignored by encoder cross-encoders, which take no template.
+        family: Force a :class:`~pixie_integrations.ModelFamily` instead of detecting it from the config.
+        revision: Hub revision (branch, tag or commit) to load.
+        token: Hugging Face token for private or gated checkpoints.
+        cache_dir: Where the Hub cache lives, if not the default.
+        local_files_only: Never touch the network; load from the local cache or folder only.
+        trust_remote_code: Allow checkpoints that ship their own modelling code (some encoder rerankers need it).
+        token_budget: Most padded tokens in one forward pass. ``None``: 16384 on CUDA, 8192 on MPS, 2048 on CPU.
+            It bounds peak memory; a CUDA out-of-memory error splits the batch and retries.
+        batch_size: Most pairs in one forward pass, on top of the token budget. ``None``: no cap.
+        show_progress_bar: Show a tqdm bar over batches. ``None``: only for calls with many pairs.
+        attn_implementation: Passed to transformers (``"sdpa"``, ``"eager"``, ``"flash_attention_2"``).
+        model_kwargs: Extra keyword arguments for ``from_pretrained`` of the model.
+        tokenizer_kwargs: Extra keyword arguments for ``AutoTokenizer.from_pretrained``.
+    """
+
+    def __init__(
+        self,
+        model: str | os.PathLike[str] = DEFAULT_MODEL,
+        *,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
+        max_length: int | None = None,
+        instruction: str = DEFAULT_INSTRUCTION,
+        family: ModelFamily | str | None = None,
+        revision: str | None = None,
+        token: str | bool | None = None,
+        cache_dir: str | os.PathLike[str] | None = None,
+        local_files_only: bool = False,
+        trust_remote_code: bool = False,
+        token_budget: int | None = None,
+        batch_size: int | None = None,
+        show_progress_bar: bool | None = None,
+        attn_implementation: str | None = None,
+        model_kwargs: dict[str, Any] | None = None,
+        tokenizer_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        if not isinstance(instruction, str):
+            raise TypeError(f"instruction must be a str, not {type(instruction).__name__}")
+        if token_budget is not None and token_budget <= 0:
+            raise ValueError(f"token_budget must be positive, got {token_budget}")
+        if batch_size is not None and batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        self._loaded: LoadedModel = load_model(
+            os.fspath(model),
+            device=device,
+            dtype=dtype,
+            family=family,
+            revision=revision,
+            token=token,
+            cache_dir=cache_dir,
+            trust_remote_code=trust_remote_code,
+            local_files_only=local_files_only,
+            attn_implementation=attn_implementation,
+            model_kwargs=model_kwargs,
+            tokenizer_kwargs=tokenizer_kwargs,
+        )
+        self.instruction = instruction
+        self.token_budget = token_budget or _DEFAULT_TOKEN_BUDGET.get(self.device.type, 2048)
+        self.batch_size = batch_size
+        self.show_progress_bar = show_progress_bar
+        self._encoder = PairEncoder(self._loaded, max_length=max_length)
+        self._runner = ModelRunner(self._loaded)
+        if self.family is ModelFamily.ENCODER and instruction != DEFAULT_INSTRUCTION:
+            logger.warning("%s is an encoder cross-encoder: it takes no prompt, so the instruction is ignored.", model)
+
+    # -- what was loaded -------------------------------------------------------------------------------------------
+    @property
+    def model_name(self) -> str:
+        """The ``model`` argument this scorer was built with (hub id or path)."""
+        return self._loaded.name
+
+    @property
+    def family(self) -> ModelFamily:
+        """How this checkpoint is scored."""
+        return self._loaded.family
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model runs."""
+        return self._loaded.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The model's weight dtype (the sigmoid always runs in float32)."""
+        return self._loaded.dtype
+
+    @property
+    def max_length(self) -> int:
+        """Most tokens of one whole (query, document) input."""
+        return self._encoder.max_length
+
+    @property
+    def model(self) -> Any:
+        """The underlying ``transformers`` model (shared: do not modify it)."""
+        return self._loaded.model
+
+    @property
+    def tokenizer(self) -> Any:
+        """The underlying ``transformers`` tokenizer (shared)."""
+        return self._loaded.tokenizer
+
+    def __repr__(self) -> str:
+        return (
+            f"PixieScorer(model={self.model_name!r}, family={self.family.value!r}, device={str(self.device)!r}, "
+            f"dtype={str(self.dtype).removeprefix('torch.')!r}, max_length={self.max_length})"
+        )
+
+    # -- scoring ---------------------------------------------------------------------------------------------------
+    def score(
+        self, query: str, documents: Sequence[str], *, instruction: str | None = None, raw: bool = False
+    ) -> list[float]:
+        """Score each document against one query.
+
+        Args:
+            query: The search query.
+            documents: Document texts; an empty list gives ``[]``.
+            instruction: Task instruction for this call; ``None`` uses the scorer's.
+            raw: Return the logit (log-odds) instead of the probability.
+
+        Returns:
+            One Python float per document, in input order: the probability of relevance, the number the model
+            card's ``CrossEncoder.predict`` prints.
+        """
+        _check_query(query)
+        docs = _check_documents(documents)
+        return self._score(((query, d) for d in docs), len(docs), instruction=instruction, raw=raw)
+
+    def score_pairs(
+        self,
+        pairs: Iterable[tuple[str, str] | Sequence[str]],
+        *,
+        instruction: str | None = None,
+        raw: bool = False,
+    ) -> list[float]:
+        """Score (query, document) pairs whose queries differ. Same return as :meth:`score`, in pair order."""
+        checked: list[tuple[str, str]] = []
+        for i, pair in enumerate(pairs):
+            if isinstance(pair, str) or len(pair) != 2:
+                raise TypeError(f"pairs[{i}] must be a (query, document) pair, got {type(pair).__name__}")
+            query, document = pair
+            if not isinstance(query, str):
+                raise TypeError(f"pairs[{i}][0] (the query) must be a str, not {type(query).__name__}")
+            if not isinstance(document, str):
+                raise TypeError(f"pairs[{i}][1] (the document) must be a str, not {type(document).__name__}")
+            checked.append((query, document))
+        return self._score(iter(checked), len(checked), instruction=instruction, raw=raw)
+
+    def rank(
+        self,
+        query: str,
+        documents: Sequence[str],
+        *,
+        top_n: int | None = None,
+        instruction: str | None = None,
+        raw: bool = False,
+    ) -> list[RankResult]:
+        """Rank documents by relevance to the query, best first (ties keep input order).
+
+        Args:
+            query: The search query.
+            documents: Document texts.
+            top_n: Keep the best ``top_n``; ``None`` (or more than there are) keeps all.
+            instruction: Task instruction for this call; ``None`` uses the scorer's.
+            raw: Report logits instead of probabilities (the order is the same).
+        """
+        if top_n is not None and (isinstance(top_n, bool) or not isinstance(top_n, int) or top_n <= 0):
+            raise ValueError(f"top_n must be a positive int or None, got {top_n!r}")
+        scores = self.score(query, documents, instruction=instruction, raw=raw)
+        order = sorted(range(len(scores)), key=lambda i: -scores[i])
+        if top_n is not None:
+            order = order[:top_n]
+        return [RankResult(index=i, score=scores[i], document=documents[i]) for i in order]
+
+    # -- internals -------------------------------------------------------------------------------------------------
+    def _score(
+        self, pairs: Iterable[tuple[str, str]], count: int, *, instruction: str | None, raw: bool
+    ) -> list[float]:
+        if count == 0:
+            return []
+        if instruction is None:
+            instruction = self.instruction
+        elif not isinstance(instruction, str):
+            raise TypeError(f"instruction must be a str or None, not {type(instruction).__name__}")
+        encoded, truncated = self._encoder.encode(list(pairs), instruction)
+        if truncated:
+            logger.warning(
+                "%d of %d documents were longer than max_length=%d tokens with the template; their ends were cut.",
+                truncated,
+                count,
+                self.max_length,
+            )
+        logits = self._run(encoded)
+        values = logits if raw else torch.sigmoid(logits)
+        return [float(v) for v in values.tolist()]
+
+    def _run(self, encoded: list[EncodedPair]) -> torch.Tensor:
+        """Raw float32 logits for encoded pairs, in input order."""
+        lengths = [len(e) for e in encoded]
+        batches = plan_batches(lengths, self.token_budget, self.batch_size)
+        out = torch.empty(len(encoded), dtype=torch.float32)
+        show = self.show_progress_bar
+        if show is None:
+            show = len(encoded) >= _PROGRESS_MIN_PAIRS
+        progress = None
+        if show:
+            from tqdm.auto import tqdm
+
+            progress = tqdm(total=len(encoded), desc="Reranking", unit="pair")
+        try:
+            for batch in batches:
+                out[batch] = self._forward_splitting([encoded[i] for i in batch])
+                if progress is not None:
+                    progress.update(len(batch))
+        finally:
+            if progress is not None:
+                progress.close()
+        return out
+
+    def _forward_splitting(self, batch: list[EncodedPair]) -> torch.Tensor:
+        """Forward one batch; on out-of-memory, halve it and retry so that no pair is lost."""
+        try:
+            return self._runner(batch)
+        except torch.OutOfMemoryError:
+            if len(batch) == 1:
+                raise
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            half = len(batch) // 2
+            logger.warning("Out of memory on a batch of %d pairs; splitting it in two and retrying.", len(batch))
+            return torch.cat([self._forward_splitting(batch[:half]), self._forward_splitting(batch[half:])])
+
+
+def _check_query(query: object) -> None:
+    if not isinstance(query, str):
+        raise TypeError(f"query must be a str, not {type(query).__name__}")
+
+
+def _check_documents(documents: object) -> list[str]:
+    if isinstance(documents, str):
+        raise TypeError("documents must be a sequence of str, not a single str")
+    docs = list(documents)  # type: ignore[call-overload]
+    for i, doc in enumerate(docs):
+        if not isinstance(doc, str):
+            raise TypeError(f"documents[{i}] must be a str, not {type(doc).__name__}")
+    return docs

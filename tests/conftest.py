@@ -1,0 +1,49 @@
+"""Shared fixtures: tiny random checkpoints built once per session by the package's own builder (no downloads)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from pixie_integrations import PixieScorer  # noqa: E402
+from pixie_integrations.testing import (  # noqa: E402
+    build_tiny_encoder_reranker,
+    build_tiny_qwen3_reranker_pair,
+    build_tiny_reranker,
+)
+
+
+@pytest.fixture(scope="session")
+def tiny_reranker(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny PIXIE-shaped Qwen3 seq-cls checkpoint folder."""
+    return build_tiny_reranker(tmp_path_factory.mktemp("tiny-pixie"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_reranker_no_pad(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same shape, with no pad_token_id in its config."""
+    return build_tiny_reranker(tmp_path_factory.mktemp("tiny-pixie-nopad"), seed=1, pad_token_id=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen3_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(causal LM, seq-cls conversion) of the same tiny Qwen3-Reranker weights."""
+    return build_tiny_qwen3_reranker_pair(tmp_path_factory.mktemp("tiny-qwen3-reranker"), seed=2)
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny BERT cross-encoder checkpoint folder."""
+    return build_tiny_encoder_reranker(tmp_path_factory.mktemp("tiny-encoder"), seed=3)
+
+
+@pytest.fixture(scope="session")
+def tiny_scorer(tiny_reranker: Path) -> PixieScorer:
+    """A float32 CPU scorer over the tiny PIXIE-shaped checkpoint (shared by every test)."""
+    return PixieScorer(str(tiny_reranker), device="cpu", dtype="float32")
