@@ -36,7 +36,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``pixie-rerank``; returns the process exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
+    if not args.verbose:
+        # transformers' per-load "Loading weights" bars drown the command's own output.
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     return int(args.func(args) or 0)
 
 

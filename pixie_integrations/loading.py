@@ -36,11 +36,14 @@ class ModelLoadError(OSError):
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``None`` picks cuda, then mps, then cpu."""
+    """``None`` picks cuda, then mps, then cpu. ``"cuda"`` becomes ``"cuda:N"`` so both name one shared model."""
     if device is not None:
-        return torch.device(device)
+        resolved = torch.device(device)
+        if resolved.type == "cuda" and resolved.index is None and torch.cuda.is_available():
+            resolved = torch.device("cuda", torch.cuda.current_device())
+        return resolved
     if torch.cuda.is_available():
-        return torch.device("cuda")
+        return torch.device("cuda", torch.cuda.current_device())
     mps = getattr(torch.backends, "mps", None)
     if mps is not None and mps.is_available():
         return torch.device("mps")
@@ -91,6 +94,8 @@ class LoadedModel:
     # HF fast tokenizers keep truncation/padding state on the Rust side and raise "Already borrowed" when two
     # threads use one at once: tokenization takes this lock, forward passes do not need it.
     tokenizer_lock: threading.Lock = field(default_factory=threading.Lock)
+    compiled: Any = None
+    """The ``torch.compile``-d backbone, made on first use by a scorer that asked for it."""
     __weakref__: Any = field(default=None, init=False, repr=False, compare=False)
 
 
@@ -135,10 +140,18 @@ def load_model(
     """Load (or reuse) a reranker checkpoint. The same arguments in any thread give the same :class:`LoadedModel`."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
+    model_kwargs = dict(model_kwargs or {})
     model = os.fspath(model)
     if model.startswith("~"):
         model = os.path.expanduser(model)
     resolved_device = resolve_device(device)
+    for key in ("dtype", "torch_dtype"):
+        # A dtype in model_kwargs (the transformers habit) would clash with ours; treat it as the dtype argument.
+        if key in model_kwargs:
+            value = model_kwargs.pop(key)
+            if dtype is not None and resolve_dtype(value, resolved_device) != resolve_dtype(dtype, resolved_device):
+                raise ValueError(f"dtype={dtype!r} and model_kwargs[{key!r}]={value!r} disagree; set only dtype")
+            dtype = value
     resolved_dtype = resolve_dtype(dtype, resolved_device)
     forced = ModelFamily(family) if family is not None else None
     key = (
@@ -149,7 +162,7 @@ def load_model(
         revision,
         trust_remote_code,
         attn_implementation,
-        repr(sorted((model_kwargs or {}).items())),
+        repr(sorted(model_kwargs.items())),
         repr(sorted((tokenizer_kwargs or {}).items())),
     )
     with _registry_lock:
@@ -173,7 +186,7 @@ def load_model(
             config = AutoConfig.from_pretrained(model, **hub_kwargs)
             resolved_family = forced or detect_family(config)
             tokenizer = AutoTokenizer.from_pretrained(model, **hub_kwargs, **(tokenizer_kwargs or {}))
-            extra = dict(model_kwargs or {})
+            extra = dict(model_kwargs)
             if attn_implementation is not None:
                 extra["attn_implementation"] = attn_implementation
             auto_cls = (

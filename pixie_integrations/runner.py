@@ -1,6 +1,14 @@
-"""Forward passes per model family: right-padded batches, the head applied at the last real token only."""
+"""Forward passes per model family: right-padded batches, the head applied at the last real token only.
+
+Template families can also run a batch whose pairs share one query: the prefix (system prompt, instruction and query,
+about a quarter of a typical input) goes through the model once, and its key/value cache serves every document.
+"""
 
 from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Sequence
 
 import torch
 
@@ -10,11 +18,13 @@ from .loading import LoadedModel
 
 __all__ = ["ModelRunner"]
 
+logger = logging.getLogger(__name__)
+
 
 class ModelRunner:
-    """Computes float32 logits for a batch of encoded pairs on the model's device."""
+    """Computes float32 logits for batches of encoded pairs on the model's device."""
 
-    def __init__(self, loaded: LoadedModel) -> None:
+    def __init__(self, loaded: LoadedModel, *, compile: bool = False) -> None:
         self._loaded = loaded
         model = loaded.model
         tokenizer = loaded.tokenizer
@@ -26,50 +36,102 @@ class ModelRunner:
         self._pad_id = int(pad)
         self._head_weight: torch.Tensor | None = None
         self._head_bias: torch.Tensor | None = None
-        if loaded.family is ModelFamily.QWEN3_SEQ_CLS:
-            self._backbone = getattr(model, model.base_model_prefix)
-            head = model.score
-            self._head_weight = head.weight.detach().float().reshape(-1)
-            if getattr(head, "bias", None) is not None:
-                self._head_bias = head.bias.detach().float().reshape(())
-        elif loaded.family is ModelFamily.QWEN3_CAUSAL_LM:
-            self._backbone = getattr(model, model.base_model_prefix)
-            yes, no = (_single_token_id(tokenizer, word) for word in ("yes", "no"))
-            lm_head = model.get_output_embeddings().weight.detach()
-            # log P(yes)/P(no) over {yes, no} is a difference of two rows: the seq-cls conversion of the same weights.
-            self._head_weight = lm_head[yes].float() - lm_head[no].float()
-        else:
+        family = loaded.family
+        if family is ModelFamily.ENCODER:
             self._backbone = model
+        else:
+            self._backbone = getattr(model, model.base_model_prefix)
+            if family is ModelFamily.QWEN3_SEQ_CLS:
+                head = model.score
+                self._head_weight = head.weight.detach().float().reshape(-1).to(loaded.device)
+                if getattr(head, "bias", None) is not None:
+                    self._head_bias = head.bias.detach().float().reshape(()).to(loaded.device)
+            else:
+                yes, no = (_single_token_id(tokenizer, word) for word in ("yes", "no"))
+                lm_head = model.get_output_embeddings().weight.detach()
+                # log P(yes)/P(no) over {yes, no} is one row difference: the seq-cls conversion of the same weights.
+                self._head_weight = (lm_head[yes].float() - lm_head[no].float()).to(loaded.device)
+        # transformers 5.24 renamed `past_key_values` to `cache`; earlier 5.x releases only know the old name.
+        parameters = inspect.signature(self._backbone.forward).parameters
+        self._cache_kw = "cache" if "cache" in parameters else "past_key_values"
+        self._forward = self._backbone
+        if compile:
+            self._forward = _compiled(loaded, self._backbone)
+
+    @property
+    def supports_shared_prefix(self) -> bool:
+        """Whether :meth:`run_shared_prefix` is available (template families only)."""
+        return self._loaded.family.uses_template
 
     @torch.inference_mode()
-    def __call__(self, batch: list[EncodedPair]) -> torch.Tensor:
+    def __call__(self, batch: Sequence[EncodedPair]) -> torch.Tensor:
+        """Logits for whole inputs, one row each."""
         device = self._loaded.device
-        lengths = torch.tensor([len(e) for e in batch])
-        width = int(lengths.max())
-        ids = torch.full((len(batch), width), self._pad_id, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        types = torch.zeros((len(batch), width), dtype=torch.long) if batch[0].token_type_ids is not None else None
-        for row, pair in enumerate(batch):
-            n = len(pair)
-            ids[row, :n] = torch.tensor(pair.input_ids)
-            mask[row, :n] = 1
-            if types is not None and pair.token_type_ids is not None:
-                types[row, :n] = torch.tensor(pair.token_type_ids)
-        padded = bool((lengths < width).any())
-        inputs = {"input_ids": ids.to(device), "attention_mask": mask.to(device) if padded else None}
-        if self._head_weight is None:
-            if types is not None:
+        ids, mask, lengths = _pad([pair.input_ids for pair in batch], self._pad_id)
+        padded = bool((lengths < ids.shape[1]).any())
+        if self._loaded.family is ModelFamily.ENCODER:
+            inputs = {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
+            if batch[0].token_type_ids is not None:
+                types, _, _ = _pad([pair.token_type_ids or () for pair in batch], 0)
                 inputs["token_type_ids"] = types.to(device)
-            if inputs["attention_mask"] is None:
-                inputs["attention_mask"] = mask.to(device)
-            logits = self._backbone(**inputs).logits
-            return logits[:, 0].float().cpu()
-        hidden = self._backbone(**inputs, use_cache=False).last_hidden_state
-        last = hidden[torch.arange(len(batch), device=device), (lengths - 1).to(device)].float()
-        logits = last @ self._head_weight.to(device)
+            return self._forward(**inputs).logits[:, 0].float().cpu()
+        hidden = self._forward(
+            input_ids=ids.to(device), attention_mask=mask.to(device) if padded else None, use_cache=False
+        ).last_hidden_state
+        return self._head(hidden, lengths)
+
+    @torch.inference_mode()
+    def run_shared_prefix(self, batch: Sequence[EncodedPair]) -> torch.Tensor:
+        """Logits for pairs that all share ``batch[0].prefix``: the prefix runs once, its KV cache serves all."""
+        device = self._loaded.device
+        prefix = torch.tensor([batch[0].prefix], dtype=torch.long, device=device)
+        cache = _new_cache(self._loaded.model.config)
+        self._forward(input_ids=prefix, use_cache=True, **{self._cache_kw: cache})  # fills the cache in place
+        cache.batch_repeat_interleave(len(batch))
+        ids, mask, lengths = _pad([pair.rest for pair in batch], self._pad_id)
+        mask = torch.cat([torch.ones((len(batch), prefix.shape[1]), dtype=torch.long), mask], dim=1)
+        hidden = self._forward(
+            input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=True, **{self._cache_kw: cache}
+        ).last_hidden_state
+        return self._head(hidden, lengths)
+
+    def _head(self, hidden: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """The one-logit head at each row's last real token, in float32."""
+        assert self._head_weight is not None
+        rows = torch.arange(hidden.shape[0], device=hidden.device)
+        last = hidden[rows, (lengths - 1).to(hidden.device)].float()
+        logits = last @ self._head_weight
         if self._head_bias is not None:
-            logits = logits + self._head_bias.to(device)
+            logits = logits + self._head_bias
         return logits.cpu()
+
+
+def _pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-pad rows of ids; returns (ids, attention mask, lengths) on the CPU."""
+    lengths = torch.tensor([len(r) for r in rows], dtype=torch.long)
+    width = int(lengths.max())
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+    mask = (torch.arange(width).unsqueeze(0) < lengths.unsqueeze(1)).long()
+    return ids, mask, lengths
+
+
+def _new_cache(config: object) -> object:
+    from transformers import DynamicCache
+
+    try:
+        return DynamicCache(config=config)
+    except TypeError:  # older signature
+        return DynamicCache()
+
+
+def _compiled(loaded: LoadedModel, backbone: torch.nn.Module) -> torch.nn.Module:
+    """One compiled backbone per loaded model: compilation takes minutes, so every scorer shares it."""
+    if loaded.compiled is None:
+        logger.info("Compiling %s with torch.compile(dynamic=True); the first batches are slow.", loaded.name)
+        loaded.compiled = torch.compile(backbone, dynamic=True)
+    return loaded.compiled
 
 
 def _single_token_id(tokenizer: object, word: str) -> int:

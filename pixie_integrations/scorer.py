@@ -27,6 +27,8 @@ DEFAULT_MODEL = "telepix/PIXIE-Spell-Reranker-Preview-0.6B"
 _DEFAULT_TOKEN_BUDGET = {"cuda": 16384, "mps": 8192, "cpu": 2048}
 # Above this many pairs a progress bar is worth showing (when show_progress_bar is left to decide).
 _PROGRESS_MIN_PAIRS = 2000
+# A query with at least this many documents in one call runs its prompt prefix once, through the KV cache.
+_MIN_SHARED = 4
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,10 @@ class PixieScorer:
         attn_implementation: Passed to transformers (``"sdpa"``, ``"eager"``, ``"flash_attention_2"``).
         model_kwargs: Extra keyword arguments for ``from_pretrained`` of the model.
         tokenizer_kwargs: Extra keyword arguments for ``AutoTokenizer.from_pretrained``.
+        reuse_prefix: Run the shared part of a query's inputs (system prompt, instruction, query) once and reuse its
+            key/value cache for all of that query's documents. Same scores; less compute.
+        compile: ``torch.compile`` the model (dynamic shapes). Several times faster on GPU once compiled, but the
+            first call compiles for minutes; shared by every scorer of the same loaded model.
     """
 
     def __init__(
@@ -93,6 +99,8 @@ class PixieScorer:
         attn_implementation: str | None = None,
         model_kwargs: dict[str, Any] | None = None,
         tokenizer_kwargs: dict[str, Any] | None = None,
+        reuse_prefix: bool = True,
+        compile: bool = False,
     ) -> None:
         if not isinstance(instruction, str):
             raise TypeError(f"instruction must be a str, not {type(instruction).__name__}")
@@ -119,7 +127,8 @@ class PixieScorer:
         self.batch_size = batch_size
         self.show_progress_bar = show_progress_bar
         self._encoder = PairEncoder(self._loaded, max_length=max_length)
-        self._runner = ModelRunner(self._loaded)
+        self._runner = ModelRunner(self._loaded, compile=compile)
+        self.reuse_prefix = reuse_prefix and self._runner.supports_shared_prefix
         if self.family is ModelFamily.ENCODER and instruction != DEFAULT_INSTRUCTION:
             logger.warning("%s is an encoder cross-encoder: it takes no prompt, so the instruction is ignored.", model)
 
@@ -255,8 +264,6 @@ class PixieScorer:
 
     def _run(self, encoded: list[EncodedPair]) -> torch.Tensor:
         """Raw float32 logits for encoded pairs, in input order."""
-        lengths = [len(e) for e in encoded]
-        batches = plan_batches(lengths, self.token_budget, self.batch_size)
         out = torch.empty(len(encoded), dtype=torch.float32)
         show = self.show_progress_bar
         if show is None:
@@ -267,8 +274,8 @@ class PixieScorer:
 
             progress = tqdm(total=len(encoded), desc="Reranking", unit="pair")
         try:
-            for batch in batches:
-                out[batch] = self._forward_splitting([encoded[i] for i in batch])
+            for batch, shared in self._plan(encoded):
+                out[batch] = self._forward_splitting([encoded[i] for i in batch], shared)
                 if progress is not None:
                     progress.update(len(batch))
         finally:
@@ -276,9 +283,32 @@ class PixieScorer:
                 progress.close()
         return out
 
-    def _forward_splitting(self, batch: list[EncodedPair]) -> torch.Tensor:
+    def _plan(self, encoded: list[EncodedPair]) -> list[tuple[list[int], bool]]:
+        """Batches of indices, each flagged whether its pairs share one prefix (and run through its KV cache)."""
+        groups: dict[tuple[int, ...], list[int]] = {}
+        if self.reuse_prefix:
+            for i, pair in enumerate(encoded):
+                groups.setdefault(pair.prefix, []).append(i)
+        plain = [i for members in groups.values() if len(members) < _MIN_SHARED for i in members]
+        if not self.reuse_prefix:
+            plain = list(range(len(encoded)))
+        plan: list[tuple[list[int], bool]] = []
+        for members in groups.values():
+            if len(members) >= _MIN_SHARED:
+                lengths = [len(encoded[i]) for i in members]
+                for batch in plan_batches(lengths, self.token_budget, self.batch_size):
+                    plan.append(([members[j] for j in batch], True))
+        if plain:
+            lengths = [len(encoded[i]) for i in plain]
+            for batch in plan_batches(lengths, self.token_budget, self.batch_size):
+                plan.append(([plain[j] for j in batch], False))
+        return plan
+
+    def _forward_splitting(self, batch: list[EncodedPair], shared: bool) -> torch.Tensor:
         """Forward one batch; on out-of-memory, halve it and retry so that no pair is lost."""
         try:
+            if shared and len(batch) > 1:
+                return self._runner.run_shared_prefix(batch)
             return self._runner(batch)
         except torch.OutOfMemoryError:
             if len(batch) == 1:
@@ -287,7 +317,9 @@ class PixieScorer:
                 torch.cuda.empty_cache()
             half = len(batch) // 2
             logger.warning("Out of memory on a batch of %d pairs; splitting it in two and retrying.", len(batch))
-            return torch.cat([self._forward_splitting(batch[:half]), self._forward_splitting(batch[half:])])
+            return torch.cat(
+                [self._forward_splitting(batch[:half], shared), self._forward_splitting(batch[half:], shared)]
+            )
 
 
 def _check_query(query: object) -> None:

@@ -278,13 +278,23 @@ def test_out_of_memory_splits_the_batch_and_loses_nothing(tiny_reranker: Path) -
     real_runner = scorer._runner
     sizes: list[int] = []
 
-    def tight_memory(batch):  # type: ignore[no-untyped-def]
-        sizes.append(len(batch))
-        if len(batch) > 2:
-            raise torch.OutOfMemoryError("CUDA out of memory (injected)")
-        return real_runner(batch)
+    class TightMemory:
+        """Raises the OOM error type for batches above two pairs, else runs the real forward pass."""
 
-    scorer._runner = tight_memory  # type: ignore[assignment]
+        def _check(self, batch):  # type: ignore[no-untyped-def]
+            sizes.append(len(batch))
+            if len(batch) > 2:
+                raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+
+        def __call__(self, batch):  # type: ignore[no-untyped-def]
+            self._check(batch)
+            return real_runner(batch)
+
+        def run_shared_prefix(self, batch):  # type: ignore[no-untyped-def]
+            self._check(batch)
+            return real_runner.run_shared_prefix(batch)
+
+    scorer._runner = TightMemory()  # type: ignore[assignment]
     assert scorer.score(QUERY, DOCS) == pytest.approx(expected, abs=1e-5)
     assert sizes[0] == len(DOCS) and max(s for s in sizes[1:]) <= len(DOCS) // 2 + 1
 
@@ -314,3 +324,17 @@ def test_default_instruction_is_the_cards() -> None:
     assert DEFAULT_INSTRUCTION == "Given a web search query, retrieve relevant passages that answer the query"
     assert format_query("q").endswith(f"<Instruct>: {DEFAULT_INSTRUCTION}\n<Query>: q\n")
     assert format_document("d") == "<Document>: d<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
+
+
+def test_dtype_in_model_kwargs_is_the_dtype(tiny_reranker: Path, tiny_scorer: PixieScorer) -> None:
+    scorer = PixieScorer(str(tiny_reranker), device="cpu", model_kwargs={"torch_dtype": torch.float32})
+    assert scorer.dtype == torch.float32 and scorer.model is tiny_scorer.model
+    with pytest.raises(ValueError, match="disagree"):
+        PixieScorer(str(tiny_reranker), device="cpu", dtype="bfloat16", model_kwargs={"dtype": "float32"})
+
+
+def test_reuse_prefix_gives_the_same_scores(tiny_reranker: Path, tiny_scorer: PixieScorer) -> None:
+    plain = PixieScorer(str(tiny_reranker), device="cpu", dtype="float32", reuse_prefix=False)
+    pairs = [(q, d) for q in SAMPLE_QUERIES[:2] for d in DOCS] + [(SAMPLE_QUERIES[3], DOCS[0])]
+    assert tiny_scorer.reuse_prefix and not plain.reuse_prefix
+    assert tiny_scorer.score_pairs(pairs) == pytest.approx(plain.score_pairs(pairs), abs=1e-5)

@@ -1,0 +1,347 @@
+"""PIXIE-Spell-Reranker as a Haystack ranker: ``from pixie_integrations.haystack import PixieRanker``.
+
+A drop-in for ``SentenceTransformersSimilarityRanker``: connect it after a retriever
+(``p.connect("retriever.documents", "ranker.documents")``). It scores with the shared
+:class:`~pixie_integrations.PixieScorer`, so it gives the model card's exact scores and shares loaded weights with
+every other adapter in the process.
+"""
+
+# No ``from __future__ import annotations``: Haystack reads the run() signature with ``inspect.signature`` to build
+# its input sockets, and postponed (string) annotations would break its connection type checks.
+
+import asyncio
+import copy
+import dataclasses
+import logging
+import math
+import os
+import threading
+from typing import Any
+
+try:
+    from haystack import Document, component, default_from_dict, default_to_dict
+    from haystack.utils import ComponentDevice, Secret
+    from haystack.utils.hf import deserialize_hf_model_kwargs, serialize_hf_model_kwargs
+except ImportError as exc:  # pragma: no cover - exercised only without the extra installed
+    raise ImportError(
+        f'PixieRanker needs Haystack: pip install "pixie-integrations[haystack]" (importing haystack failed: {exc})'
+    ) from exc
+
+import torch
+
+from .loading import resolve_dtype
+from .scorer import DEFAULT_MODEL, PixieScorer
+from .template import DEFAULT_INSTRUCTION
+
+__all__ = ["PixieRanker"]
+
+logger = logging.getLogger(__name__)
+
+# One lock for every ranker: warm_up may race with itself (Pipeline.run_async, run_async's lazy warm-up in a
+# thread). Loads are serialized by the core's registry lock anyway, so a global lock costs nothing.
+_WARM_UP_LOCK = threading.Lock()
+# model_kwargs keys that name the weight dtype; the scorer takes the dtype as its own argument.
+_DTYPE_KWARGS = ("dtype", "torch_dtype")
+
+
+def _dtype_name(dtype: str | torch.dtype | None) -> str | None:
+    """A serializable name for a dtype; validates it early (an unknown name raises ``ValueError`` at init)."""
+    if dtype is None or (isinstance(dtype, str) and dtype.lower().removeprefix("torch.") == "auto"):
+        return None
+    return str(resolve_dtype(dtype, torch.device("cpu"))).removeprefix("torch.")
+
+
+def _split_dtype(dtype: str | None, model_kwargs: dict[str, Any] | None) -> tuple[str | None, dict[str, Any] | None]:
+    """Lift ``dtype``/``torch_dtype`` out of ``model_kwargs``.
+
+    Haystack users write ``model_kwargs={"torch_dtype": torch.float16}`` (the reference ranker's docs). Passed
+    through, transformers 5 silently ignores ``torch_dtype`` next to the core's own ``dtype`` argument, and a
+    ``dtype`` key makes ``from_pretrained`` raise (a keyword given twice).
+    """
+    if not model_kwargs:
+        return dtype, model_kwargs
+    kwargs = dict(model_kwargs)
+    for key in _DTYPE_KWARGS:
+        if key not in kwargs:
+            continue
+        value = kwargs.pop(key)
+        name = _dtype_name(value)
+        if dtype is not None and name is not None and name != dtype:
+            raise ValueError(f"dtype={dtype!r} and model_kwargs[{key!r}]={value!r} disagree; set only dtype.")
+        dtype = dtype if dtype is not None else name
+    return dtype, kwargs
+
+
+def _deduplicate(documents: list[Document], texts: list[str], scores: dict[str, float]) -> list[tuple[float, Document]]:
+    """One (score, document) per document id, in order of first appearance.
+
+    Keeps the copy with the higher rerank score; among equal ones (true duplicates share their text) the higher
+    retrieval score wins, as in the reference ranker.
+    """
+    best: dict[str, tuple[float, float, Document]] = {}
+    for doc, text in zip(documents, texts, strict=True):
+        score = scores[text]
+        prior = doc.score if doc.score is not None else -math.inf
+        kept = best.get(doc.id)
+        if kept is None or (score, prior) > (kept[0], kept[1]):
+            best[doc.id] = (score, prior, doc)
+    return [(score, doc) for score, _, doc in best.values()]
+
+
+@component
+class PixieRanker:
+    """Reranks documents by relevance to the query with PIXIE-Spell-Reranker (or any Qwen3-Reranker / cross-encoder).
+
+    Use it where you would use ``SentenceTransformersSimilarityRanker``: after a retriever, before a prompt builder.
+    Scores are relevance probabilities in (0, 1), the numbers the model card prints (``scale_score=False``: logits).
+
+    Usage example:
+    ```python
+    from haystack import Document
+    from pixie_integrations.haystack import PixieRanker
+
+    ranker = PixieRanker(top_k=3)
+    ranker.warm_up()
+    docs = [Document(content="Paris is in France"), Document(content="Berlin is in Germany")]
+    result = ranker.run(query="City in Germany", documents=docs)
+    print(result["documents"][0].content)
+    ```
+
+    ``run`` before ``warm_up`` loads the model lazily (a Pipeline calls ``warm_up`` for you). Instances asking for
+    the same model, device and dtype share one copy of the weights, also with the LangChain and LlamaIndex adapters.
+    """
+
+    def __init__(
+        self,
+        *,
+        model: str | os.PathLike[str] = DEFAULT_MODEL,
+        device: ComponentDevice | None = None,
+        token: Secret | None = Secret.from_env_var(["HF_API_TOKEN", "HF_TOKEN"], strict=False),  # noqa: B008
+        top_k: int = 10,
+        instruction: str | None = None,
+        meta_fields_to_embed: list[str] | None = None,
+        embedding_separator: str = "\n",
+        scale_score: bool = True,
+        score_threshold: float | None = None,
+        dtype: str | torch.dtype | None = None,
+        max_length: int | None = None,
+        batch_size: int | None = None,
+        token_budget: int | None = None,
+        trust_remote_code: bool = False,
+        model_kwargs: dict[str, Any] | None = None,
+        tokenizer_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        """
+        Create a PixieRanker. Nothing is loaded until :meth:`warm_up` (or the first :meth:`run`).
+
+        :param model: Hugging Face Hub id or local folder of the reranker checkpoint.
+        :param device: The device to run on, e.g. ``ComponentDevice.from_str("cuda:0")``. ``None``: cuda, then mps,
+            then cpu, chosen at warm-up (so a saved pipeline does not pin the machine it was saved on).
+        :param token: Hugging Face token for private or gated checkpoints. Serialized as the names of its
+            environment variables, never as a value.
+        :param top_k: Most documents to return.
+        :param instruction: The task instruction of the prompt template; it changes the scores, so describe your
+            domain's task. ``None``: the model card's default instruction.
+        :param meta_fields_to_embed: Meta fields whose values are scored with the content, before it.
+        :param embedding_separator: Separator between the meta values and the content.
+        :param scale_score: ``True``: relevance probabilities (sigmoid, in float32). ``False``: raw logits.
+        :param score_threshold: Return only documents whose score is at least this (on the scale chosen by
+            ``scale_score``).
+        :param dtype: Weight dtype, ``"float32"``, ``"bfloat16"`` or ``"float16"``. ``None``: bfloat16 on CUDA and
+            on CPUs with bf16 matrix units, float32 elsewhere. ``"float32"`` reproduces the model card to 1e-5.
+        :param max_length: Most tokens of one (query, document) input, template included; longer documents lose
+            their end only. ``None``: the model's limit.
+        :param batch_size: Most pairs per forward pass, on top of ``token_budget``. ``None``: no cap.
+        :param token_budget: Most padded tokens per forward pass (bounds memory). ``None``: 16384 on CUDA, 8192 on
+            MPS, 2048 on CPU.
+        :param trust_remote_code: Allow checkpoints that ship their own modelling code.
+        :param model_kwargs: Extra keyword arguments for the model's ``from_pretrained``. A ``torch_dtype`` or
+            ``dtype`` here is taken as ``dtype``.
+        :param tokenizer_kwargs: Extra keyword arguments for ``AutoTokenizer.from_pretrained``.
+        :raises ValueError: If ``top_k``, ``batch_size`` or ``token_budget`` is not > 0, ``dtype`` is unknown, or
+            ``device`` is a multi-device map.
+        """
+        if top_k <= 0:
+            raise ValueError(f"top_k must be > 0, but got {top_k}")
+        if batch_size is not None and batch_size <= 0:
+            raise ValueError(f"batch_size must be > 0 or None, but got {batch_size}")
+        if token_budget is not None and token_budget <= 0:
+            raise ValueError(f"token_budget must be > 0 or None, but got {token_budget}")
+        if device is not None and not isinstance(device, ComponentDevice):
+            raise ValueError(f"device must be a ComponentDevice or None, not {type(device).__name__}")
+        if device is not None and device.has_multiple_devices:
+            raise ValueError("PixieRanker runs on a single device; pass ComponentDevice.from_str(...), not a map.")
+        if instruction is not None and not isinstance(instruction, str):
+            raise TypeError(f"instruction must be a str or None, not {type(instruction).__name__}")
+
+        self.model = os.fspath(model)
+        self.device = device
+        self.token = token
+        self.top_k = top_k
+        self.instruction = instruction
+        self.meta_fields_to_embed = list(meta_fields_to_embed or [])
+        self.embedding_separator = embedding_separator
+        self.scale_score = scale_score
+        self.score_threshold = score_threshold
+        self.dtype = _dtype_name(dtype)
+        self.max_length = max_length
+        self.batch_size = batch_size
+        self.token_budget = token_budget
+        self.trust_remote_code = trust_remote_code
+        self.model_kwargs = model_kwargs
+        self.tokenizer_kwargs = tokenizer_kwargs
+        _split_dtype(self.dtype, model_kwargs)  # fail now, not at warm-up, on a dtype conflict
+        self._scorer: PixieScorer | None = None
+
+    @property
+    def scorer(self) -> PixieScorer | None:
+        """The shared scorer once warmed up (``None`` before); use it to score outside the pipeline."""
+        return self._scorer
+
+    def warm_up(self) -> None:
+        """Load the model, once: later calls return at once (a Pipeline calls this at every run)."""
+        if self._scorer is not None:
+            return
+        with _WARM_UP_LOCK:
+            if self._scorer is not None:
+                return
+            dtype, model_kwargs = _split_dtype(self.dtype, self.model_kwargs)
+            self._scorer = PixieScorer(
+                self.model,
+                # None lets the core pick, exactly as the other adapters do, so they share one copy of the weights.
+                device=self.device.to_torch_str() if self.device is not None else None,
+                dtype=dtype,
+                max_length=self.max_length,
+                instruction=self.instruction if self.instruction is not None else DEFAULT_INSTRUCTION,
+                token=self.token.resolve_value() if self.token is not None else None,
+                trust_remote_code=self.trust_remote_code,
+                token_budget=self.token_budget,
+                batch_size=self.batch_size,
+                model_kwargs=model_kwargs,
+                tokenizer_kwargs=self.tokenizer_kwargs,
+            )
+
+    async def warm_up_async(self) -> None:
+        """Like :meth:`warm_up`, loading in a worker thread so that ``Pipeline.run_async`` keeps its loop free."""
+        if self._scorer is None:
+            await asyncio.to_thread(self.warm_up)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Serialize the component's init parameters (the token as environment-variable names only)."""
+        model_kwargs = copy.deepcopy(self.model_kwargs)  # serialize a copy: the live kwargs keep their torch dtypes
+        if model_kwargs is not None:
+            serialize_hf_model_kwargs(model_kwargs)
+        return default_to_dict(
+            self,
+            model=self.model,
+            device=self.device,
+            token=self.token,
+            top_k=self.top_k,
+            instruction=self.instruction,
+            meta_fields_to_embed=self.meta_fields_to_embed,
+            embedding_separator=self.embedding_separator,
+            scale_score=self.scale_score,
+            score_threshold=self.score_threshold,
+            dtype=self.dtype,
+            max_length=self.max_length,
+            batch_size=self.batch_size,
+            token_budget=self.token_budget,
+            trust_remote_code=self.trust_remote_code,
+            model_kwargs=model_kwargs,
+            tokenizer_kwargs=self.tokenizer_kwargs,
+        )
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "PixieRanker":
+        """Rebuild the component from :meth:`to_dict`'s output (the caller's dict is left unchanged)."""
+        params = dict(data.get("init_parameters", {}))
+        if params.get("model_kwargs") is not None:
+            params["model_kwargs"] = copy.deepcopy(params["model_kwargs"])
+            deserialize_hf_model_kwargs(params["model_kwargs"])
+        return default_from_dict(cls, {**data, "init_parameters": params})
+
+    @component.output_types(documents=list[Document])
+    def run(
+        self,
+        query: str,
+        documents: list[Document],
+        top_k: int | None = None,
+        scale_score: bool | None = None,
+        score_threshold: float | None = None,
+    ) -> dict[str, list[Document]]:
+        """
+        Rank documents by relevance to the query, best first.
+
+        Documents sharing an id are collapsed to one (the higher score wins). The text scored is the values of
+        ``meta_fields_to_embed`` and the content, joined by ``embedding_separator``; a document with
+        ``content=None`` is scored on its meta values alone (``""`` when it has none). The caller's documents are
+        not modified: the output holds copies with the new ``score``.
+
+        :param query: The query to rank the documents against.
+        :param documents: The documents to rank; an empty list gives an empty list.
+        :param top_k: Most documents to return. Overrides the init value when not ``None``.
+        :param scale_score: ``True``: probabilities; ``False``: logits. Overrides the init value when not ``None``.
+        :param score_threshold: Keep only scores >= this. Overrides the init value when not ``None``.
+        :returns: ``{"documents": [...]}``, sorted by descending score (ties keep input order), threshold
+            applied, then cut to ``top_k``.
+        :raises ValueError: If ``top_k`` is not > 0.
+        """
+        top_k, scale_score, score_threshold = self._resolve(top_k, scale_score, score_threshold)
+        if not documents:
+            return {"documents": []}
+        return {"documents": self._rank(query, documents, top_k, scale_score, score_threshold)}
+
+    @component.output_types(documents=list[Document])
+    async def run_async(
+        self,
+        query: str,
+        documents: list[Document],
+        top_k: int | None = None,
+        scale_score: bool | None = None,
+        score_threshold: float | None = None,
+    ) -> dict[str, list[Document]]:
+        """
+        Asynchronous :meth:`run`: same parameters and result; the model runs in a worker thread, not on the loop.
+        """
+        top_k, scale_score, score_threshold = self._resolve(top_k, scale_score, score_threshold)
+        if not documents:
+            return {"documents": []}
+        ranked = await asyncio.to_thread(self._rank, query, documents, top_k, scale_score, score_threshold)
+        return {"documents": ranked}
+
+    # -- internals -------------------------------------------------------------------------------------------------
+    def _resolve(
+        self, top_k: int | None, scale_score: bool | None, score_threshold: float | None
+    ) -> tuple[int, bool, float | None]:
+        # `is not None`, never `or`: run(scale_score=False) and run(score_threshold=0.0) must take effect.
+        top_k = top_k if top_k is not None else self.top_k
+        scale_score = scale_score if scale_score is not None else self.scale_score
+        score_threshold = score_threshold if score_threshold is not None else self.score_threshold
+        if top_k <= 0:
+            raise ValueError(f"top_k must be > 0, but got {top_k}")
+        return top_k, scale_score, score_threshold
+
+    def _text(self, doc: Document) -> str:
+        # Missing, None and "" add nothing; unlike the reference ranker, 0 and False are real values and are kept.
+        values = (doc.meta.get(key) for key in self.meta_fields_to_embed)
+        meta = [str(value) for value in values if value is not None and not (isinstance(value, str) and not value)]
+        # content=None (a blob-only document) adds no text, not even a trailing separator: it is scored on its meta.
+        return self.embedding_separator.join([*meta, doc.content] if doc.content is not None else meta)
+
+    def _rank(
+        self, query: str, documents: list[Document], top_k: int, scale_score: bool, score_threshold: float | None
+    ) -> list[Document]:
+        for i, doc in enumerate(documents):
+            if not isinstance(doc, Document):
+                raise TypeError(f"documents[{i}] must be a haystack Document, not {type(doc).__name__}")
+        if self._scorer is None:
+            logger.info("PixieRanker.run called before warm_up(); loading %s now.", self.model)
+            self.warm_up()
+        assert self._scorer is not None
+        texts = [self._text(doc) for doc in documents]
+        unique = list(dict.fromkeys(texts))  # duplicates (same id, or same text) are scored once
+        scores = dict(zip(unique, self._scorer.score(query, unique, raw=not scale_score), strict=True))
+        ranked = sorted(_deduplicate(documents, texts, scores), key=lambda pair: -pair[0])  # stable
+        if score_threshold is not None:
+            ranked = [(score, doc) for score, doc in ranked if score >= score_threshold]
+        return [dataclasses.replace(doc, score=float(score)) for score, doc in ranked[:top_k]]

@@ -1,0 +1,309 @@
+"""PIXIE reranking as a LlamaIndex node postprocessor.
+
+``PixieRerank`` drops in where ``SentenceTransformerRerank`` or ``CohereRerank`` go today::
+
+    from pixie_integrations.llama_index import PixieRerank
+
+    query_engine = index.as_query_engine(similarity_top_k=20, node_postprocessors=[PixieRerank(top_n=3)])
+
+Scores come from the shared :class:`~pixie_integrations.PixieScorer`, so they equal ``PixieScorer.score`` on the same
+text, and every adapter asking for the same checkpoint shares one copy of the weights.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+try:
+    from llama_index.core.bridge.pydantic import ConfigDict, Field, PrivateAttr, field_validator
+    from llama_index.core.callbacks import CallbackManager, CBEventType, EventPayload
+    from llama_index.core.instrumentation import get_dispatcher
+    from llama_index.core.instrumentation.events.rerank import ReRankEndEvent, ReRankStartEvent
+    from llama_index.core.postprocessor.types import BaseNodePostprocessor
+    from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
+except ImportError as exc:  # pragma: no cover - exercised only without the extra installed
+    raise ImportError(
+        'pixie_integrations.llama_index needs LlamaIndex: pip install "pixie-integrations[llama-index]"'
+    ) from exc
+
+import torch
+
+from .loading import resolve_dtype
+from .scorer import DEFAULT_MODEL, PixieScorer
+
+__all__ = ["RETRIEVAL_SCORE_KEY", "PixieRerank"]
+
+logger = logging.getLogger(__name__)
+dispatcher = get_dispatcher(__name__)
+
+RETRIEVAL_SCORE_KEY = "retrieval_score"
+"""Metadata key that holds the first-stage score when ``keep_retrieval_score=True`` (the built-ins' key)."""
+
+_DEFAULT_TOP_N = 2
+
+
+class _ScorerSlot:
+    """Holds the lazily loaded scorer and the settings it was loaded for.
+
+    Copies and pickles of a slot start empty: LlamaIndex's ``__getstate__`` test-pickles every private attribute,
+    which would serialize the whole model (then fail on its locks). A copy reloads on first use, through the core's
+    registry, so within one process that costs nothing.
+    """
+
+    __slots__ = ("_entry", "lock")
+
+    def __init__(self) -> None:
+        self._entry: tuple[tuple[Any, ...], PixieScorer] | None = None
+        self.lock = threading.Lock()
+
+    def get(self, settings: tuple[Any, ...]) -> PixieScorer | None:
+        entry = self._entry
+        return entry[1] if entry is not None and entry[0] == settings else None
+
+    def put(self, settings: tuple[Any, ...], scorer: PixieScorer) -> None:
+        self._entry = (settings, scorer)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_ScorerSlot, ())
+
+
+class PixieRerank(BaseNodePostprocessor):
+    """Rerank retrieved nodes with a PIXIE-Spell-Reranker (or any checkpoint :class:`PixieScorer` loads).
+
+    Each node's text, ``node.node.get_content(metadata_mode=metadata_mode)``, is scored against the query; the result
+    is a new list of new ``NodeWithScore`` objects, best first, holding the relevance probability as a Python float.
+    The caller's nodes are never modified.
+
+    Args:
+        model: Hugging Face Hub id or local folder of the reranker. ``None``: the scorer's model if ``scorer`` is
+            given, else ``DEFAULT_MODEL``.
+        top_n: How many nodes to return (fewer if fewer come in). Must be positive.
+        instruction: Task instruction of the prompt template; ``None`` uses the scorer's (the model card's default).
+        keep_retrieval_score: Keep the first-stage score in ``metadata["retrieval_score"]`` of a copied node.
+        metadata_mode: Which metadata goes into the scored text (the built-in rerankers use ``EMBED``).
+        device: Where to run the model (``"cuda"``, ``"cpu"``, ...); ``None`` picks the best available.
+        dtype: Weight dtype (``"float32"``, ``"bfloat16"``, ...); ``None`` picks one for the device.
+        max_length: Most tokens of one (query, document) input; ``None`` uses the model's limit.
+        scorer: An existing :class:`PixieScorer` to share (then leave ``device``, ``dtype`` and ``max_length`` unset:
+            the scorer already fixes them). Without it one is created on first use, sharing the weights of any other
+            scorer of the same model, device and dtype.
+        callback_manager: LlamaIndex callback manager (query engines set their own).
+    """
+
+    # LlamaIndex components silently drop unknown arguments; a typo such as ``top_k=`` must fail instead.
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, validate_assignment=True)
+
+    model: str = Field(default=DEFAULT_MODEL, description="Hugging Face Hub id or local folder of the reranker.")
+    top_n: int = Field(default=_DEFAULT_TOP_N, gt=0, strict=True, description="Number of nodes to return, best first.")
+    instruction: str | None = Field(
+        default=None,
+        description="Task instruction of the prompt template; None uses the scorer's default instruction.",
+    )
+    keep_retrieval_score: bool = Field(
+        default=False,
+        description="Keep the first-stage score in metadata['retrieval_score'] (excluded from embed and LLM text).",
+    )
+    metadata_mode: MetadataMode = Field(
+        default=MetadataMode.EMBED, description="Which node metadata is part of the text that is scored."
+    )
+    device: str | None = Field(
+        default=None, description="Device for the model ('cuda', 'cuda:1', 'mps', 'cpu'); None picks the best."
+    )
+    dtype: str | None = Field(
+        default=None, description="Weight dtype ('float32', 'bfloat16', 'float16'); None picks one for the device."
+    )
+    max_length: int | None = Field(
+        default=None, gt=0, description="Most tokens of one (query, document) input; None uses the model's limit."
+    )
+
+    _slot: _ScorerSlot = PrivateAttr(default_factory=_ScorerSlot)
+
+    def __init__(
+        self,
+        *,
+        model: str | os.PathLike[str] | None = None,
+        top_n: int = _DEFAULT_TOP_N,
+        instruction: str | None = None,
+        keep_retrieval_score: bool = False,
+        metadata_mode: MetadataMode | str = MetadataMode.EMBED,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
+        max_length: int | None = None,
+        scorer: PixieScorer | None = None,
+        callback_manager: CallbackManager | None = None,
+    ) -> None:
+        if scorer is not None:
+            if not isinstance(scorer, PixieScorer):
+                raise TypeError(f"scorer must be a PixieScorer, not {type(scorer).__name__}")
+            settings = {"device": device, "dtype": dtype, "max_length": max_length}
+            given = [name for name, value in settings.items() if value is not None]
+            if given:
+                # They would be silently ignored: the scorer's model is already loaded with its own settings.
+                raise ValueError(
+                    f"Pass either scorer or {', '.join(given)}, not both: configure the PixieScorer instead."
+                )
+            if model is None:
+                model = scorer.model_name
+            elif not _same_model(model, scorer.model_name):
+                raise ValueError(f"model={os.fspath(model)!r} differs from the scorer's model {scorer.model_name!r}.")
+        kwargs: dict[str, Any] = {}
+        if callback_manager is not None:
+            kwargs["callback_manager"] = callback_manager
+        super().__init__(
+            model=os.fspath(model) if model is not None else DEFAULT_MODEL,
+            top_n=top_n,
+            instruction=instruction,
+            keep_retrieval_score=keep_retrieval_score,
+            metadata_mode=metadata_mode,
+            device=device,
+            dtype=dtype,
+            max_length=max_length,
+            **kwargs,
+        )
+        if scorer is not None:
+            self._slot.put(self._settings(), scorer)
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "PixieRerank"
+
+    # -- validation ------------------------------------------------------------------------------------------------
+    @field_validator("device", mode="before")
+    @classmethod
+    def _check_device(cls, value: Any) -> Any:
+        if value is None:
+            return None
+        # Fail at construction, not at the first query, and store a plain str so that to_dict/to_json work.
+        try:
+            return str(torch.device(value))
+        except (RuntimeError, TypeError) as exc:  # pydantic reports only ValueError as a validation error
+            raise ValueError(f"Invalid device {value!r}: {exc}") from exc
+
+    @field_validator("dtype", mode="before")
+    @classmethod
+    def _check_dtype(cls, value: Any) -> Any:
+        if value is None:
+            return None
+        return str(resolve_dtype(value, torch.device("cpu"))).removeprefix("torch.")
+
+    # -- the scorer ------------------------------------------------------------------------------------------------
+    @property
+    def scorer(self) -> PixieScorer:
+        """The :class:`PixieScorer` behind this reranker, loaded on first access; share it with other adapters."""
+        settings = self._settings()
+        scorer = self._slot.get(settings)
+        if scorer is None:
+            with self._slot.lock:  # one load even when the first queries arrive together
+                scorer = self._slot.get(settings)
+                if scorer is None:
+                    logger.info("Loading reranker %s", self.model)
+                    scorer = PixieScorer(self.model, device=self.device, dtype=self.dtype, max_length=self.max_length)
+                    self._slot.put(settings, scorer)
+        return scorer
+
+    def _settings(self) -> tuple[str, str | None, str | None, int | None]:
+        # A scorer serves only the settings it was made for: model_copy(update=...) or assigning a field reloads.
+        return (self.model, self.device, self.dtype, self.max_length)
+
+    # -- postprocessing --------------------------------------------------------------------------------------------
+    def _postprocess_nodes(
+        self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None
+    ) -> list[NodeWithScore]:
+        query = _require_query(query_bundle)
+        if not nodes:
+            return []
+        texts = self._texts(nodes)
+        scorer = self.scorer
+        dispatcher.event(ReRankStartEvent(query=query_bundle, nodes=nodes, top_n=self.top_n, model_name=self.model))
+        with self.callback_manager.event(CBEventType.RERANKING, payload=self._payload(nodes, query)) as event:
+            scores = scorer.score(query, texts, instruction=self.instruction)
+            reranked = self._rerank(nodes, scores)
+            event.on_end(payload={EventPayload.NODES: reranked})
+        dispatcher.event(ReRankEndEvent(nodes=reranked))
+        return reranked
+
+    @dispatcher.span
+    async def _apostprocess_nodes(
+        self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None
+    ) -> list[NodeWithScore]:
+        query = _require_query(query_bundle)
+        if not nodes:
+            return []
+        texts = self._texts(nodes)
+        # Loading and the forward passes both block: run them in a worker thread so the event loop keeps serving.
+        scorer = self._slot.get(self._settings())
+        if scorer is None:
+            scorer = await asyncio.to_thread(lambda: self.scorer)
+        dispatcher.event(ReRankStartEvent(query=query_bundle, nodes=nodes, top_n=self.top_n, model_name=self.model))
+        with self.callback_manager.event(CBEventType.RERANKING, payload=self._payload(nodes, query)) as event:
+            scores = await asyncio.to_thread(scorer.score, query, texts, instruction=self.instruction)
+            reranked = self._rerank(nodes, scores)
+            event.on_end(payload={EventPayload.NODES: reranked})
+        dispatcher.event(ReRankEndEvent(nodes=reranked))
+        return reranked
+
+    def _texts(self, nodes: Sequence[NodeWithScore]) -> list[str]:
+        return [n.node.get_content(metadata_mode=self.metadata_mode) for n in nodes]
+
+    def _payload(self, nodes: list[NodeWithScore], query: str) -> dict[str, Any]:
+        return {
+            EventPayload.NODES: nodes,
+            EventPayload.MODEL_NAME: self.model,
+            EventPayload.QUERY_STR: query,
+            EventPayload.TOP_K: self.top_n,
+        }
+
+    def _rerank(self, nodes: Sequence[NodeWithScore], scores: Sequence[float]) -> list[NodeWithScore]:
+        if len(scores) != len(nodes):  # a scorer bug must not silently drop or misalign nodes
+            raise RuntimeError(f"The scorer returned {len(scores)} scores for {len(nodes)} nodes.")
+        return [
+            _rescored(nodes[i], float(scores[i]), keep_retrieval_score=self.keep_retrieval_score)
+            for i in _rank_order(scores)[: self.top_n]
+        ]
+
+
+def _require_query(query_bundle: QueryBundle | None) -> str:
+    if query_bundle is None:
+        raise ValueError("PixieRerank needs a query: pass query_bundle=QueryBundle(...) or query_str=... .")
+    return query_bundle.query_str
+
+
+def _rank_order(scores: Sequence[float]) -> list[int]:
+    """Indices by descending score; ties keep input order; NaN last.
+
+    A plain ``-score`` key: the built-ins' ``-x.score if x.score else 0`` ranks a 0 above every negative logit.
+    """
+    return sorted(range(len(scores)), key=lambda i: (math.isnan(scores[i]), -scores[i]))
+
+
+def _rescored(item: NodeWithScore, score: float, *, keep_retrieval_score: bool) -> NodeWithScore:
+    """A new ``NodeWithScore``; the inner node is shared unless metadata must change, then it is copied."""
+    node = item.node
+    if keep_retrieval_score:
+        # Copy metadata and the exclusion lists: model_copy is shallow, and the caller's node must not change.
+        # Excluding the key keeps "retrieval_score: 0.83" out of the text later embedded or shown to the LLM.
+        node = node.model_copy(
+            update={
+                "metadata": {**node.metadata, RETRIEVAL_SCORE_KEY: item.score},
+                "excluded_embed_metadata_keys": _with_key(node.excluded_embed_metadata_keys),
+                "excluded_llm_metadata_keys": _with_key(node.excluded_llm_metadata_keys),
+            }
+        )
+    return NodeWithScore(node=node, score=score)
+
+
+def _with_key(keys: list[str]) -> list[str]:
+    return list(keys) if RETRIEVAL_SCORE_KEY in keys else [*keys, RETRIEVAL_SCORE_KEY]
+
+
+def _same_model(a: str | os.PathLike[str], b: str) -> bool:
+    def norm(x: str | os.PathLike[str]) -> str:
+        return os.path.normpath(os.path.expanduser(os.fspath(x)))
+
+    return norm(a) == norm(b)

@@ -1,0 +1,445 @@
+"""PixieRanker in real Haystack pipelines, scored by the real PixieScorer over the tiny checkpoint (no mocks)."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import inspect
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+os.environ.setdefault("HAYSTACK_TELEMETRY_ENABLED", "False")  # no network: keep Haystack's telemetry quiet
+
+import torch
+from haystack import DeserializationError, Document, Pipeline
+from haystack.components.retrievers.in_memory import InMemoryBM25Retriever
+from haystack.document_stores.in_memory import InMemoryDocumentStore
+from haystack.utils import ComponentDevice, Secret
+
+from pixie_integrations import DEFAULT_INSTRUCTION, DEFAULT_MODEL, PixieScorer
+from pixie_integrations.haystack import PixieRanker
+
+QUERY = "Which company analyses satellite data for agriculture and defence?"
+TEXTS = [
+    "A satellite imaging company analyses earth observation data for agriculture, defence and the ocean.",
+    "Rerankers are evaluated with NDCG at cut-offs 1, 3, 5 and 10 over a first-stage shortlist.",
+    "The quick brown fox jumps over the lazy dog. Paris is the capital of France.",
+    "텔레픽스는 해양, 자원, 농업 등 다양한 분야에서 위성 데이터를 분석하여 서비스를 제공합니다.",
+    "정찰 및 감시 목적의 위성 영상을 통해 국방 관련 정밀 분석 서비스를 제공합니다.",
+    "Satellite data helps agriculture: crop monitoring from orbit, analysed by a company in Korea.",
+    "Defence agencies buy satellite imagery; the company analyses it with AI.",
+    "Ocean, agriculture and defence: three markets for earth observation data.",
+]
+
+
+@pytest.fixture
+def cpu_kwargs(tiny_reranker: Path) -> dict[str, Any]:
+    return {"model": str(tiny_reranker), "device": ComponentDevice.from_str("cpu"), "dtype": "float32"}
+
+
+@pytest.fixture
+def docs() -> list[Document]:
+    return [Document(content=t, meta={"n": i}) for i, t in enumerate(TEXTS)]
+
+
+def _expected(scorer: PixieScorer, query: str, texts: list[str], *, raw: bool = False, **kw: Any) -> list[float]:
+    return sorted(scorer.score(query, texts, raw=raw, **kw), reverse=True)
+
+
+def _pipeline(ranker: PixieRanker, docs: list[Document]) -> Pipeline:
+    store = InMemoryDocumentStore()
+    store.write_documents(docs)
+    p = Pipeline()
+    p.add_component("retriever", InMemoryBM25Retriever(document_store=store, top_k=6))
+    p.add_component("ranker", ranker)
+    p.connect("retriever.documents", "ranker.documents")
+    return p
+
+
+def _inputs(query: str = QUERY, **ranker: Any) -> dict[str, Any]:
+    return {"retriever": {"query": query}, "ranker": {"query": query, **ranker}}
+
+
+# -- packaging ----------------------------------------------------------------------------------------------------
+def test_core_never_imports_haystack_and_missing_extra_names_the_install_command() -> None:
+    code = (
+        "import sys\n"
+        "import pixie_integrations\n"
+        "assert 'haystack' not in sys.modules, 'importing the core imported haystack'\n"
+        "sys.modules['haystack'] = None  # as if the extra were not installed\n"
+        "try:\n"
+        "    import pixie_integrations.haystack\n"
+        "except ImportError as exc:\n"
+        "    print(exc)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert 'pip install "pixie-integrations[haystack]"' in out.stdout
+
+
+def test_run_and_run_async_have_the_same_signature() -> None:
+    run = inspect.signature(PixieRanker.run)
+    assert run == inspect.signature(PixieRanker.run_async)
+    assert list(run.parameters) == ["self", "query", "documents", "top_k", "scale_score", "score_threshold"]
+    init = inspect.signature(PixieRanker.__init__)
+    assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for name, p in init.parameters.items() if name != "self")
+    assert init.parameters["model"].default == DEFAULT_MODEL
+    assert init.parameters["top_k"].default == 10
+    assert init.parameters["scale_score"].default is True
+    assert init.parameters["embedding_separator"].default == "\n"
+
+
+# -- init validation ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("top_k", [0, -1])
+def test_init_rejects_non_positive_top_k(top_k: int) -> None:
+    with pytest.raises(ValueError, match="top_k"):
+        PixieRanker(top_k=top_k)
+
+
+def test_init_rejects_bad_settings_early() -> None:
+    with pytest.raises(ValueError, match="dtype"):
+        PixieRanker(dtype="float8")
+    with pytest.raises(ValueError, match="single device"):
+        PixieRanker(device=ComponentDevice.from_multiple(_device_map()))
+    with pytest.raises(ValueError, match="disagree"):
+        PixieRanker(dtype="float32", model_kwargs={"torch_dtype": torch.float16})
+    with pytest.raises(ValueError, match="batch_size"):
+        PixieRanker(batch_size=0)
+
+
+def test_a_dtype_in_model_kwargs_sets_the_weights_dtype(tiny_reranker: Path) -> None:
+    cpu = ComponentDevice.from_str("cpu")
+    ranker = PixieRanker(model=str(tiny_reranker), device=cpu, model_kwargs={"torch_dtype": torch.bfloat16})
+    ranker.warm_up()
+    assert ranker.scorer is not None and ranker.scorer.dtype is torch.bfloat16
+    assert next(ranker.scorer.model.parameters()).dtype is torch.bfloat16
+    assert ranker.model_kwargs == {"torch_dtype": torch.bfloat16}  # the user's dict is left as given
+
+
+def _device_map() -> Any:
+    from haystack.utils.device import Device, DeviceMap
+
+    return DeviceMap({"layer.0": Device.cpu(), "layer.1": Device.cpu()})
+
+
+# -- scoring ------------------------------------------------------------------------------------------------------
+def test_run_gives_the_scorers_scores_best_first_as_python_floats(
+    cpu_kwargs: dict[str, Any], docs: list[Document], tiny_scorer: PixieScorer
+) -> None:
+    ranker = PixieRanker(**cpu_kwargs, top_k=5)
+    ranker.warm_up()
+    out = ranker.run(query=QUERY, documents=docs)["documents"]
+
+    expected = _expected(tiny_scorer, QUERY, TEXTS)
+    assert len({round(s, 4) for s in expected}) > 3, "tiny model scores should spread"
+    assert [d.score for d in out] == pytest.approx(expected[:5], abs=1e-5)
+    assert all(type(d.score) is float for d in out)
+    assert all(0.0 < d.score < 1.0 for d in out)
+    # each output document carries its own text's score
+    by_text = dict(zip(TEXTS, tiny_scorer.score(QUERY, TEXTS), strict=True))
+    assert all(d.score == pytest.approx(by_text[d.content], abs=1e-5) for d in out)
+
+
+def test_warm_up_is_idempotent_and_shares_the_loaded_model(
+    cpu_kwargs: dict[str, Any], tiny_scorer: PixieScorer
+) -> None:
+    ranker = PixieRanker(**cpu_kwargs)
+    assert ranker.scorer is None
+    ranker.warm_up()
+    first = ranker.scorer
+    ranker.warm_up()
+    assert ranker.scorer is first
+    assert first is not None and first.model is tiny_scorer.model  # same weights as the core's scorer
+    other = PixieRanker(**cpu_kwargs)
+    other.warm_up()
+    assert other.scorer is not None and other.scorer.model is first.model
+
+
+def test_run_before_warm_up_loads_lazily(cpu_kwargs: dict[str, Any], docs: list[Document]) -> None:
+    ranker = PixieRanker(**cpu_kwargs)
+    out = ranker.run(query=QUERY, documents=docs)["documents"]
+    assert ranker.scorer is not None
+    assert len(out) == len(docs)
+
+
+def test_empty_input_gives_empty_output(cpu_kwargs: dict[str, Any]) -> None:
+    ranker = PixieRanker(**cpu_kwargs)
+    assert ranker.run(query=QUERY, documents=[]) == {"documents": []}
+
+
+def test_caller_documents_are_untouched_and_outputs_are_copies(
+    cpu_kwargs: dict[str, Any], docs: list[Document]
+) -> None:
+    docs[0] = Document(content=TEXTS[0], meta={"n": 0}, score=12.5)  # a retriever score
+    before = copy.deepcopy(docs)
+    out = PixieRanker(**cpu_kwargs).run(query=QUERY, documents=docs)["documents"]
+    assert docs == before
+    assert docs[0].score == 12.5
+    assert not any(o is d for o in out for d in docs)
+    by_id = {d.id: d for d in docs}
+    for o in out:  # everything but the score is carried over
+        src = by_id[o.id]
+        assert (o.content, o.meta) == (src.content, src.meta)
+        assert o.score != src.score
+
+
+def test_run_time_values_override_init_values_even_when_falsy(
+    cpu_kwargs: dict[str, Any], docs: list[Document], tiny_scorer: PixieScorer
+) -> None:
+    ranker = PixieRanker(**cpu_kwargs, top_k=2, scale_score=True, score_threshold=1.5)
+    ranker.warm_up()
+    assert ranker.run(query=QUERY, documents=docs)["documents"] == []  # no probability reaches 1.5
+
+    # score_threshold=0.0 must replace 1.5 (the reference ranker's `x or self.x` bug ignored it)
+    out = ranker.run(query=QUERY, documents=docs, score_threshold=0.0, top_k=len(docs))["documents"]
+    assert len(out) == len(docs)
+
+    # scale_score=False must give logits, and the threshold then applies to logits
+    logits = _expected(tiny_scorer, QUERY, TEXTS, raw=True)
+    assert max(logits) > 1.0  # not probabilities
+    out = ranker.run(query=QUERY, documents=docs, scale_score=False, score_threshold=-100.0, top_k=8)["documents"]
+    assert [d.score for d in out] == pytest.approx(logits, abs=1e-4)
+    middle = (logits[2] + logits[3]) / 2
+    out = ranker.run(query=QUERY, documents=docs, scale_score=False, score_threshold=middle, top_k=8)["documents"]
+    assert [d.score for d in out] == pytest.approx(logits[:3], abs=1e-4)
+
+    # and an init scale_score=False is overridden by a run-time True
+    raw_ranker = PixieRanker(**cpu_kwargs, scale_score=False)
+    probs = raw_ranker.run(query=QUERY, documents=docs, scale_score=True)["documents"]
+    assert [d.score for d in probs] == pytest.approx(_expected(tiny_scorer, QUERY, TEXTS), abs=1e-5)
+
+
+def test_threshold_is_applied_before_top_k(
+    cpu_kwargs: dict[str, Any], docs: list[Document], tiny_scorer: PixieScorer
+) -> None:
+    expected = _expected(tiny_scorer, QUERY, TEXTS)
+    threshold = (expected[4] + expected[5]) / 2  # exactly five documents pass
+    ranker = PixieRanker(**cpu_kwargs, score_threshold=threshold)
+    assert len(ranker.run(query=QUERY, documents=docs)["documents"]) == 5
+    out = ranker.run(query=QUERY, documents=docs, top_k=3)["documents"]
+    assert [d.score for d in out] == pytest.approx(expected[:3], abs=1e-5)
+
+
+@pytest.mark.parametrize("top_k", [0, -3])
+def test_run_rejects_non_positive_top_k(cpu_kwargs: dict[str, Any], docs: list[Document], top_k: int) -> None:
+    with pytest.raises(ValueError, match="top_k"):
+        PixieRanker(**cpu_kwargs).run(query=QUERY, documents=docs, top_k=top_k)
+
+
+def test_top_k_larger_than_input_returns_all(cpu_kwargs: dict[str, Any], docs: list[Document]) -> None:
+    assert len(PixieRanker(**cpu_kwargs, top_k=100).run(query=QUERY, documents=docs)["documents"]) == len(docs)
+
+
+def test_documents_with_the_same_id_are_collapsed(cpu_kwargs: dict[str, Any], tiny_scorer: PixieScorer) -> None:
+    low = Document(id="dup", content=TEXTS[0], meta={"from": "bm25"}, score=0.1)
+    high = Document(id="dup", content=TEXTS[0], meta={"from": "embedding"}, score=0.9)
+    other = Document(content=TEXTS[2])
+    out = PixieRanker(**cpu_kwargs).run(query=QUERY, documents=[low, other, high])["documents"]
+    assert sorted(d.id for d in out) == sorted(["dup", other.id])
+    kept = next(d for d in out if d.id == "dup")
+    assert kept.meta == {"from": "embedding"}  # same text: the higher retrieval score's copy is kept
+
+    # same id, different text: the higher rerank score wins
+    a, b = tiny_scorer.score(QUERY, [TEXTS[0], TEXTS[2]])
+    out = PixieRanker(**cpu_kwargs).run(
+        query=QUERY, documents=[Document(id="x", content=TEXTS[0]), Document(id="x", content=TEXTS[2])]
+    )["documents"]
+    assert len(out) == 1
+    assert out[0].score == pytest.approx(max(a, b), abs=1e-5)
+    assert out[0].content == (TEXTS[0] if a >= b else TEXTS[2])
+
+
+def test_equal_scores_keep_input_order(cpu_kwargs: dict[str, Any]) -> None:
+    # different ids, same text: equal scores, so a stable sort keeps the input order
+    same = [Document(content=TEXTS[1], meta={"n": i}) for i in range(4)]
+    out = PixieRanker(**cpu_kwargs).run(query=QUERY, documents=same)["documents"]
+    assert [d.meta["n"] for d in out] == [0, 1, 2, 3]
+    assert len({d.score for d in out}) == 1
+
+
+def test_meta_fields_are_embedded_before_the_content(cpu_kwargs: dict[str, Any], tiny_scorer: PixieScorer) -> None:
+    doc = Document(content="body text", meta={"title": "Satellites", "year": 0, "empty": "", "none": None})
+    ranker = PixieRanker(
+        **cpu_kwargs, meta_fields_to_embed=["title", "year", "empty", "none", "missing"], embedding_separator=" | "
+    )
+    (out,) = ranker.run(query=QUERY, documents=[doc])["documents"]
+    assert out.score == pytest.approx(tiny_scorer.score(QUERY, ["Satellites | 0 | body text"])[0], abs=1e-5)
+    assert out.score != pytest.approx(tiny_scorer.score(QUERY, ["body text"])[0], abs=1e-5)
+
+
+def test_content_none_is_scored_on_its_meta_alone(cpu_kwargs: dict[str, Any], tiny_scorer: PixieScorer) -> None:
+    ranker = PixieRanker(**cpu_kwargs, meta_fields_to_embed=["title"])
+    out = ranker.run(query=QUERY, documents=[Document(content=None, meta={"title": "Orbit"}), Document()])
+    scores = sorted((d.score for d in out["documents"]), reverse=True)
+    assert scores == pytest.approx(_expected(tiny_scorer, QUERY, ["Orbit", ""]), abs=1e-5)
+
+
+def test_instruction_reaches_the_prompt(
+    cpu_kwargs: dict[str, Any], docs: list[Document], tiny_scorer: PixieScorer
+) -> None:
+    instruction = "Given an aerospace question, retrieve passages about satellite operators"
+    out = PixieRanker(**cpu_kwargs, instruction=instruction, top_k=8).run(query=QUERY, documents=docs)["documents"]
+    expected = _expected(tiny_scorer, QUERY, TEXTS, instruction=instruction)
+    assert [d.score for d in out] == pytest.approx(expected, abs=1e-5)
+    assert expected != pytest.approx(_expected(tiny_scorer, QUERY, TEXTS, instruction=DEFAULT_INSTRUCTION), abs=1e-5)
+
+
+def test_non_documents_are_rejected(cpu_kwargs: dict[str, Any]) -> None:
+    with pytest.raises(TypeError, match="Document"):
+        PixieRanker(**cpu_kwargs).run(query=QUERY, documents=["plain text"])  # type: ignore[list-item]
+
+
+# -- async --------------------------------------------------------------------------------------------------------
+async def test_run_async_matches_run_and_keeps_the_loop_free(cpu_kwargs: dict[str, Any]) -> None:
+    ranker = PixieRanker(**cpu_kwargs, top_k=5, scale_score=False)
+    await ranker.warm_up_async()
+    many = [Document(content=f"{TEXTS[i % len(TEXTS)]} ({i})") for i in range(160)]
+    ticks = 0
+    task = asyncio.create_task(ranker.run_async(query=QUERY, documents=many, scale_score=True))
+    while not task.done():
+        ticks += 1
+        await asyncio.sleep(0)
+    result = await task
+    assert ticks > 5, "scoring blocked the event loop"
+    sync = ranker.run(query=QUERY, documents=many, scale_score=True)
+    assert [d.id for d in result["documents"]] == [d.id for d in sync["documents"]]
+    assert [d.score for d in result["documents"]] == pytest.approx([d.score for d in sync["documents"]], abs=1e-5)
+    assert await ranker.run_async(query=QUERY, documents=[]) == {"documents": []}
+    with pytest.raises(ValueError, match="top_k"):
+        await ranker.run_async(query=QUERY, documents=many, top_k=0)
+
+
+# -- pipelines ----------------------------------------------------------------------------------------------------
+def _check_reranked(result: dict[str, Any], scorer: PixieScorer, top_k: int) -> list[Document]:
+    retrieved = result["retriever"]["documents"]
+    ranked = result["ranker"]["documents"]
+    assert 3 < len(retrieved) <= 6
+    expected = _expected(scorer, QUERY, [d.content for d in retrieved])[:top_k]
+    assert [d.score for d in ranked] == pytest.approx(expected, abs=1e-5)
+    assert {d.id for d in ranked} <= {d.id for d in retrieved}
+    assert all(d.content is not None for d in ranked)
+    return ranked
+
+
+def test_pipeline_retriever_then_ranker(
+    cpu_kwargs: dict[str, Any], docs: list[Document], tiny_scorer: PixieScorer
+) -> None:
+    p = _pipeline(PixieRanker(**cpu_kwargs, top_k=3), docs)
+    first = p.run(_inputs(), include_outputs_from={"retriever"})
+    ranked = _check_reranked(first, tiny_scorer, 3)
+    assert len(ranked) == 3
+    # a second run (warm_up called again) reuses the scorer and gives the same answer
+    scorer = p.get_component("ranker").scorer
+    second = p.run(_inputs(), include_outputs_from={"retriever"})
+    assert p.get_component("ranker").scorer is scorer
+    assert [d.id for d in second["ranker"]["documents"]] == [d.id for d in ranked]
+    # run-time inputs reach the ranker through the pipeline
+    raw = p.run(_inputs(scale_score=False, top_k=4), include_outputs_from={"retriever"})
+    logits = _expected(tiny_scorer, QUERY, [d.content for d in raw["retriever"]["documents"]], raw=True)[:4]
+    assert [d.score for d in raw["ranker"]["documents"]] == pytest.approx(logits, abs=1e-4)
+
+
+async def test_pipeline_run_async(cpu_kwargs: dict[str, Any], docs: list[Document], tiny_scorer: PixieScorer) -> None:
+    p = _pipeline(PixieRanker(**cpu_kwargs, top_k=3), docs)
+    result = await p.run_async(_inputs(), include_outputs_from={"retriever"})
+    ranked = _check_reranked(result, tiny_scorer, 3)
+    sync = p.run(_inputs(), include_outputs_from={"retriever"})
+    assert [d.id for d in sync["ranker"]["documents"]] == [d.id for d in ranked]
+
+
+# -- serialization ------------------------------------------------------------------------------------------------
+def test_to_dict_from_dict_round_trip(cpu_kwargs: dict[str, Any]) -> None:
+    ranker = PixieRanker(
+        **cpu_kwargs,
+        top_k=4,
+        instruction="Judge aerospace relevance",
+        meta_fields_to_embed=["title"],
+        embedding_separator=" - ",
+        scale_score=False,
+        score_threshold=0.0,
+        max_length=512,
+        batch_size=8,
+        token_budget=4096,
+        model_kwargs={"attn_implementation": "sdpa", "torch_dtype": torch.float32},
+        tokenizer_kwargs={"use_fast": True},
+    )
+    data = ranker.to_dict()
+    params = data["init_parameters"]
+    assert data["type"] == "pixie_integrations.haystack.PixieRanker"
+    assert params["device"] == {"type": "single", "device": "cpu"}
+    assert params["token"] == {"type": "env_var", "env_vars": ["HF_API_TOKEN", "HF_TOKEN"], "strict": False}
+    assert params["model_kwargs"]["torch_dtype"] == "torch.float32"
+    assert ranker.model_kwargs["torch_dtype"] is torch.float32  # serializing did not mutate the live kwargs
+    assert (params["dtype"], params["score_threshold"], params["scale_score"]) == ("float32", 0.0, False)
+
+    frozen = copy.deepcopy(data)
+    restored = PixieRanker.from_dict(data)
+    assert data == frozen  # from_dict left its input alone
+    assert restored.to_dict() == data
+    assert restored.model_kwargs == {"attn_implementation": "sdpa", "torch_dtype": torch.float32}
+    assert restored.device == ComponentDevice.from_str("cpu")
+    assert isinstance(restored.token, Secret)
+
+
+def test_default_device_is_not_pinned_in_the_yaml() -> None:
+    assert PixieRanker().to_dict()["init_parameters"]["device"] is None
+
+
+def test_pipeline_survives_dumps_and_loads_with_the_allowlist(
+    cpu_kwargs: dict[str, Any], docs: list[Document], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HF_TOKEN", "hf_do_not_leak_me")
+    p = _pipeline(PixieRanker(**cpu_kwargs, top_k=3, instruction="Judge satellite relevance"), docs)
+    yaml = p.dumps()
+    assert "hf_do_not_leak_me" not in yaml
+    assert "HF_TOKEN" in yaml and "pixie_integrations.haystack.PixieRanker" in yaml
+
+    monkeypatch.delenv("HAYSTACK_DESERIALIZATION_ALLOWLIST", raising=False)
+    with pytest.raises(DeserializationError, match="allowlist"):
+        Pipeline.loads(yaml)
+
+    loaded = Pipeline.loads(yaml, allowed_modules=["pixie_integrations"])
+    ranker = loaded.get_component("ranker")
+    assert isinstance(ranker, PixieRanker)
+    assert ranker.instruction == "Judge satellite relevance"
+    before = p.run(_inputs())["ranker"]["documents"]
+    after = loaded.run(_inputs())["ranker"]["documents"]  # the in-memory store is shared by index name
+    assert len(before) == 3
+    assert [(d.id, d.score) for d in after] == [(d.id, d.score) for d in before]
+
+    monkeypatch.setenv("HAYSTACK_DESERIALIZATION_ALLOWLIST", "pixie_integrations.*")
+    via_env = Pipeline.loads(yaml)
+    assert [d.id for d in via_env.run(_inputs())["ranker"]["documents"]] == [d.id for d in before]
+
+
+def test_a_token_value_refuses_to_serialize(cpu_kwargs: dict[str, Any], docs: list[Document]) -> None:
+    kwargs = {**cpu_kwargs, "token": Secret.from_token("hf_plain_value")}
+    with pytest.raises(ValueError, match="Cannot serialize token-based secret"):
+        PixieRanker(**kwargs).to_dict()
+    with pytest.raises(ValueError, match="Cannot serialize token-based secret"):
+        _pipeline(PixieRanker(**kwargs), docs).dumps()
+    # it still works for running: a token for a local folder is simply not needed
+    assert math.isfinite(PixieRanker(**kwargs).run(query=QUERY, documents=docs)["documents"][0].score)
+
+
+# -- the example --------------------------------------------------------------------------------------------------
+def test_example_runs_offline_with_tiny(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "haystack_rerank.py"
+    spec = importlib.util.spec_from_file_location("haystack_rerank_example", path)
+    assert spec is not None and spec.loader is not None
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    monkeypatch.setattr(sys, "argv", [str(path), "--tiny", "--top-k", "2"])
+    assert example.main() == 0
+    out = capsys.readouterr().out
+    assert "the ranker kept:" in out
+    assert "Async run gives the same ranking: True" in out
+    assert "token value inside: False) gives the same ranking: True" in out
