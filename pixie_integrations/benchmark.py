@@ -1,0 +1,446 @@
+"""``pixie-rerank bench``: PixieScorer against the model card's own path, on the same weights, in the same run.
+
+The workloads follow ISSUE 6 / PERFORMANCE-NOTES: ``beir`` (20 queries x 100 documents, log-normal lengths with a
+180-token median), ``latency`` (1 x 100) and ``long`` (documents up to 8k tokens). A random-weight model of PIXIE's
+exact shape (``--shape pixie``; same FLOPs as the real one) or a 4-layer cut (``--shape pixie-4l``, for CPUs) runs
+with no download; ``--model`` times a real checkpoint instead.
+
+Importable: :func:`run_benchmark` returns the same dictionary the command writes as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import platform
+import random
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .template import DEFAULT_INSTRUCTION, format_document, format_query
+
+__all__ = ["SHAPES", "WORKLOADS", "Workload", "build_workload", "build_random_model", "register", "run_benchmark"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WorkloadSpec:
+    queries: int
+    docs_per_query: int
+    median_tokens: int
+    sigma: float
+    min_tokens: int
+    max_tokens: int
+
+
+WORKLOADS: dict[str, WorkloadSpec] = {
+    "beir": WorkloadSpec(queries=20, docs_per_query=100, median_tokens=180, sigma=0.7, min_tokens=16, max_tokens=1024),
+    "latency": WorkloadSpec(queries=1, docs_per_query=100, median_tokens=180, sigma=0.7, min_tokens=16, max_tokens=1024),
+    "long": WorkloadSpec(queries=4, docs_per_query=16, median_tokens=2000, sigma=0.8, min_tokens=256, max_tokens=8192),
+}
+
+# Qwen3 shapes: PIXIE's own (Qwen3-0.6B) and the 4-layer cut PERFORMANCE-NOTES uses on CPU.
+SHAPES: dict[str, dict[str, int]] = {
+    "pixie": {"num_hidden_layers": 28, "hidden_size": 1024, "intermediate_size": 3072, "num_attention_heads": 16,
+              "num_key_value_heads": 8, "head_dim": 128, "vocab_size": 151669},
+    "pixie-4l": {"num_hidden_layers": 4, "hidden_size": 1024, "intermediate_size": 3072, "num_attention_heads": 16,
+                 "num_key_value_heads": 8, "head_dim": 128, "vocab_size": 151669},
+    "tiny": {"num_hidden_layers": 2, "hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4,
+             "num_key_value_heads": 2, "head_dim": 16, "vocab_size": 2048},
+}
+
+_WORDS = (
+    "satellite data analysis service ocean resource agriculture defence imaging orbit sensor optical payload "
+    "reranker query document relevance search engine retrieval benchmark evaluation korean english model "
+    "텔레픽스 위성 데이터 분석 서비스 해양 자원 농업 국방 영상 정밀 기술 수준 우주 경제 가치 솔루션 제공 주기"
+).split()
+
+
+@dataclass
+class Workload:
+    """Queries, each with its documents, and the token counts they were cut to."""
+
+    name: str
+    queries: list[str]
+    documents: list[list[str]]
+    doc_tokens: list[list[int]] = field(default_factory=list)
+
+    @property
+    def pairs(self) -> int:
+        return sum(len(d) for d in self.documents)
+
+
+def _text_of_tokens(tokenizer: Any, rng: random.Random, n_tokens: int) -> str:
+    """Random words cut at a token boundary so that the text is ``n_tokens`` tokens long (give or take a merge)."""
+    words: list[str] = []
+    while True:
+        words.extend(rng.choice(_WORDS) for _ in range(max(8, n_tokens)))
+        text = " ".join(words)
+        encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        if len(encoded["input_ids"]) >= n_tokens:
+            return text[: encoded["offset_mapping"][n_tokens - 1][1]]
+
+
+def build_workload(name: str, tokenizer: Any, *, seed: int = 0, queries: int | None = None,
+                   docs_per_query: int | None = None) -> Workload:
+    """Build a named workload with ``tokenizer``; ``queries``/``docs_per_query`` shrink it (e.g. for a CPU run)."""
+    spec = WORKLOADS[name]
+    rng = random.Random(seed)
+    n_queries = queries or spec.queries
+    n_docs = docs_per_query or spec.docs_per_query
+    workload = Workload(name=name, queries=[], documents=[])
+    for _ in range(n_queries):
+        workload.queries.append(_text_of_tokens(tokenizer, rng, rng.randint(8, 24)))
+        lengths = [
+            int(min(spec.max_tokens, max(spec.min_tokens, round(rng.lognormvariate(math.log(spec.median_tokens), spec.sigma)))))
+            for _ in range(n_docs)
+        ]
+        workload.documents.append([_text_of_tokens(tokenizer, rng, n) for n in lengths])
+        workload.doc_tokens.append(lengths)
+    return workload
+
+
+def build_random_model(shape: str, path: str | os.PathLike[str], *, seed: int = 0) -> Path:
+    """Write a random-weight Qwen3 seq-cls checkpoint of a named shape (with the package's small tokenizer)."""
+    import torch
+    from transformers import Qwen3Config, Qwen3ForSequenceClassification
+
+    from .testing import build_tiny_tokenizer
+
+    out = Path(path)
+    if (out / "config.json").exists():
+        return out
+    tokenizer = build_tiny_tokenizer(out)
+    dims = dict(SHAPES[shape])
+    dims["vocab_size"] = max(dims["vocab_size"], len(tokenizer))
+    config = Qwen3Config(
+        **dims, max_position_embeddings=40960, rope_theta=1_000_000.0, tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id, num_labels=1, architectures=["Qwen3ForSequenceClassification"],
+    )
+    torch.manual_seed(seed)
+    with torch.device("cpu"):
+        model = Qwen3ForSequenceClassification(config)
+    model.save_pretrained(out)
+    return out
+
+
+# -- systems under test --------------------------------------------------------------------------------------------
+ScoreFn = Callable[[str, list[str]], list[float]]
+
+
+def _crossencoder_system(path: str, device: str, dtype: str) -> ScoreFn:
+    """The model card's code: its formatting and sentence-transformers CrossEncoder.predict, batch 32."""
+    import torch
+    from sentence_transformers import CrossEncoder
+
+    model = CrossEncoder(path, device=device, model_kwargs={"dtype": getattr(torch, dtype)})
+
+    def score(query: str, documents: list[str]) -> list[float]:
+        pairs = [[format_query(query, DEFAULT_INSTRUCTION), format_document(d)] for d in documents]
+        return [float(s) for s in model.predict(pairs, batch_size=32, show_progress_bar=False)]
+
+    return score
+
+
+def _pixie_system(path: str, device: str, **kwargs: Any) -> ScoreFn:
+    from .scorer import PixieScorer
+
+    scorer = PixieScorer(path, device=device, show_progress_bar=False, **kwargs)
+    logger.info("%s", scorer)
+    return lambda query, documents: scorer.score(query, documents)
+
+
+def _parse_value(text: str) -> Any:
+    lowered = text.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    try:
+        return int(text)
+    except ValueError:
+        return text
+
+
+def _systems(names: Sequence[str], path: str, device: str) -> dict[str, Callable[[], ScoreFn]]:
+    """Factories for named systems; ``pixie:key=value,...`` passes settings to PixieScorer."""
+    presets: dict[str, dict[str, Any]] = {
+        "pixie": {},
+        "pixie-fp32": {"dtype": "float32"},
+        "pixie-noprefix": {"reuse_prefix": False},
+        "pixie-compile": {"compile": True},
+    }
+    factories: dict[str, Callable[[], ScoreFn]] = {}
+    for name in names:
+        base, _, params = name.partition(":")
+        if base in ("card-fp32", "card-bf16"):
+            dtype = "float32" if base == "card-fp32" else "bfloat16"
+            factories[name] = lambda dtype=dtype: _crossencoder_system(path, device, dtype)  # type: ignore[misc]
+        elif base in presets:
+            settings = dict(presets[base])
+            for item in filter(None, params.split(",")):
+                key, _, value = item.partition("=")
+                settings[key] = _parse_value(value)
+            factories[name] = lambda settings=settings: _pixie_system(path, device, **settings)  # type: ignore[misc]
+        else:
+            raise ValueError(f"Unknown system {name!r}; choose from card-fp32, card-bf16, {', '.join(presets)}")
+    return factories
+
+
+def _sync(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _time_system(make: Callable[[], ScoreFn], workload: Workload, device: str, repeats: int,
+                 progress: Any | None) -> tuple[dict[str, Any], list[float]]:
+    import torch
+
+    t0 = time.perf_counter()
+    score = make()
+    load_s = time.perf_counter() - t0
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    # Warm-up on the first query (kernels, allocator, compilation) is not timed.
+    t0 = time.perf_counter()
+    score(workload.queries[0], workload.documents[0])
+    _sync(device)
+    warmup_s = time.perf_counter() - t0
+    latencies: list[float] = []
+    scores: list[float] = []
+    for rep in range(repeats):
+        for query, documents in zip(workload.queries, workload.documents):
+            t0 = time.perf_counter()
+            got = score(query, documents)
+            _sync(device)
+            latencies.append(time.perf_counter() - t0)
+            if rep == 0:
+                scores.extend(got)
+            if progress is not None:
+                progress.update(1)
+    total = sum(latencies)
+    pairs = workload.pairs * repeats
+    stats: dict[str, Any] = {
+        "pairs_per_s": pairs / total,
+        "seconds": total,
+        "latency_p50_ms": 1000 * statistics.median(latencies),
+        "latency_p95_ms": 1000 * _percentile(latencies, 95),
+        "load_s": load_s,
+        "warmup_s": warmup_s,
+    }
+    if device.startswith("cuda"):
+        stats["peak_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        stats["process_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    del score
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+    return stats, scores
+
+
+def _percentile(values: Sequence[float], q: float) -> float:
+    ordered = sorted(values)
+    k = (len(ordered) - 1) * q / 100
+    lo, hi = math.floor(k), math.ceil(k)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+
+
+def run_benchmark(
+    *,
+    workload: str = "beir",
+    model: str | None = None,
+    shape: str = "pixie",
+    systems: Sequence[str] = ("card-fp32", "card-bf16", "pixie"),
+    device: str | None = None,
+    queries: int | None = None,
+    docs_per_query: int | None = None,
+    repeats: int = 1,
+    seed: int = 0,
+    show_progress: bool = True,
+    model_dir: str | os.PathLike[str] | None = None,
+) -> dict[str, Any]:
+    """Time each system on one workload and the same weights; report speed, memory and score differences.
+
+    Args:
+        workload: ``"beir"``, ``"latency"`` or ``"long"``.
+        model: A checkpoint to time; ``None`` builds a random one of ``shape`` (no download).
+        shape: ``"pixie"`` (28 layers, PIXIE's FLOPs), ``"pixie-4l"`` (4 layers, for CPUs) or ``"tiny"``.
+        systems: Which of ``card-fp32``, ``card-bf16`` (the model card's CrossEncoder path), ``pixie`` (defaults),
+            ``pixie-fp32``, ``pixie-noprefix``, ``pixie-compile`` to run. The first is the reference for ratios
+            and score differences.
+        device: ``None`` picks cuda, mps, then cpu.
+        queries, docs_per_query: Shrink the workload.
+        repeats: Timed passes over the workload (after one untimed warm-up query).
+        model_dir: Where to keep the random model (default: a temporary folder).
+    """
+    import torch
+    from transformers import AutoTokenizer
+
+    from .loading import resolve_device
+
+    device_name = str(resolve_device(device))
+    tmp: tempfile.TemporaryDirectory[str] | None = None
+    if model is None:
+        if model_dir is None:
+            tmp = tempfile.TemporaryDirectory(prefix="pixie-bench-")
+            model_dir = Path(tmp.name) / shape
+        model = str(build_random_model(shape, model_dir, seed=seed))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model)
+        work = build_workload(workload, tokenizer, seed=seed, queries=queries, docs_per_query=docs_per_query)
+        input_tokens = sum(
+            len(tokenizer(format_query(q) + format_document(d), add_special_tokens=False)["input_ids"])
+            for q, docs in zip(work.queries, work.documents)
+            for d in docs
+        )
+        factories = _systems(systems, model, device_name)
+        progress = None
+        if show_progress:
+            from tqdm.auto import tqdm
+
+            progress = tqdm(total=len(factories) * len(work.queries) * repeats, desc="bench", unit="query")
+        results: dict[str, dict[str, Any]] = {}
+        all_scores: dict[str, list[float]] = {}
+        failed: dict[str, str] = {}
+        try:
+            for name, make in factories.items():
+                if progress is not None:
+                    progress.set_postfix_str(name)
+                try:
+                    results[name], all_scores[name] = _time_system(make, work, device_name, repeats, progress)
+                except Exception as exc:  # one failing system (e.g. compilation) must not lose the others
+                    logger.exception("system %s failed", name)
+                    failed[name] = f"{type(exc).__name__}: {exc}"
+                    continue
+                results[name]["tokens_per_s"] = input_tokens * repeats / results[name]["seconds"]
+        finally:
+            if progress is not None:
+                progress.close()
+        if not results:
+            raise RuntimeError(f"every system failed: {failed}")
+        reference = next(iter(results))
+        for name, stats in results.items():
+            stats["speedup_vs_" + reference] = stats["pairs_per_s"] / results[reference]["pairs_per_s"]
+            stats["latency_p50_ratio_vs_" + reference] = (
+                stats["latency_p50_ms"] / results[reference]["latency_p50_ms"]
+            )
+            stats["max_abs_score_diff_vs_" + reference] = max(
+                abs(a - b) for a, b in zip(all_scores[name], all_scores[reference])
+            )
+        return {
+            "workload": {
+                "name": workload, "queries": len(work.queries), "pairs": work.pairs, "input_tokens": input_tokens,
+                "mean_tokens_per_pair": input_tokens / work.pairs, **asdict(WORKLOADS[workload]),
+            },
+            "model": model if tmp is None else f"random {shape}-shaped Qwen3 seq-cls",
+            "machine": _machine(device_name),
+            "reference": reference,
+            "systems": results,
+            "failed": failed,
+        }
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+        del torch
+
+
+def _machine(device: str) -> dict[str, Any]:
+    import torch
+    import transformers
+
+    info: dict[str, Any] = {
+        "device": device,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_threads": torch.get_num_threads(),
+    }
+    if device.startswith("cuda"):
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """A Markdown table of one benchmark result."""
+    ref = result["reference"]
+    lines = [
+        f"workload {result['workload']['name']}: {result['workload']['pairs']} pairs, "
+        f"{result['workload']['mean_tokens_per_pair']:.0f} tokens/pair; model: {result['model']}; "
+        f"device: {result['machine'].get('gpu', result['machine']['device'])}",
+        "",
+        f"| system | pairs/s | tokens/s | p50 ms | p95 ms | speed-up vs {ref} | max |score diff| |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, s in result["systems"].items():
+        lines.append(
+            f"| {name} | {s['pairs_per_s']:.1f} | {s['tokens_per_s']:.0f} | {s['latency_p50_ms']:.0f} | "
+            f"{s['latency_p95_ms']:.0f} | {s['speedup_vs_' + ref]:.2f}x | {s['max_abs_score_diff_vs_' + ref]:.2e} |"
+        )
+    for name, error in result.get("failed", {}).items():
+        lines.append(f"| {name} | failed: {error[:80]} | | | | | |")
+    return "\n".join(lines)
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.preset == "cpu":
+        args.shape = args.shape or "pixie-4l"
+        args.queries = args.queries or 2
+        args.docs = args.docs or 24
+    result = run_benchmark(
+        workload=args.workload,
+        model=args.model,
+        shape=args.shape or "pixie",
+        systems=args.systems,
+        device=args.device,
+        queries=args.queries,
+        docs_per_query=args.docs,
+        repeats=args.repeats,
+        seed=args.seed,
+        show_progress=not args.no_progress,
+        model_dir=args.model_dir,
+    )
+    print(format_table(result))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+        print(f"wrote {args.json}", file=sys.stderr)
+    return 0
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "bench",
+        help="time PixieScorer against the model card's CrossEncoder path on the same weights",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--workload", choices=sorted(WORKLOADS), default="beir")
+    parser.add_argument("--preset", choices=["cpu"], help="cpu: the 4-layer shape and 48 pairs (2 x 24)")
+    parser.add_argument("--model", help="checkpoint to time (default: a random model of --shape, no download)")
+    parser.add_argument("--shape", choices=sorted(SHAPES), help="random model shape (default: pixie)")
+    parser.add_argument("--model-dir", help="keep the random model here (reused across runs)")
+    parser.add_argument(
+        "--systems", nargs="+", default=["card-fp32", "card-bf16", "pixie"],
+        help="systems to time; the first is the reference. card-fp32, card-bf16 (the model card's code), pixie, "
+        "pixie-fp32, pixie-noprefix, pixie-compile, or pixie:key=value,... for PixieScorer settings "
+        "(e.g. pixie:token_budget=8192,compile=true). Default: %(default)s",
+    )
+    parser.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
+    parser.add_argument("--queries", type=int, help="use only this many queries")
+    parser.add_argument("--docs", type=int, help="documents per query")
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", help="also write the result as JSON here")
+    parser.add_argument("--no-progress", action="store_true")
+    parser.set_defaults(func=_run)
