@@ -7,12 +7,16 @@ their extras (``pip install "pixie-integrations[langchain]"`` and so on).
 
 from __future__ import annotations
 
+import importlib
 import logging
+from typing import TYPE_CHECKING, Any
 
-from .families import ModelFamily
-from .loading import ModelLoadError
-from .scorer import DEFAULT_MODEL, PixieScorer, RankResult
 from .template import DEFAULT_INSTRUCTION, format_document, format_query
+
+if TYPE_CHECKING:
+    from .families import ModelFamily
+    from .loading import ModelLoadError
+    from .scorer import DEFAULT_MODEL, PixieScorer, RankResult
 
 __all__ = [
     "DEFAULT_INSTRUCTION",
@@ -26,5 +30,28 @@ __all__ = [
 ]
 
 __version__ = "0.1.0"
+
+# Names served lazily (PEP 562), so that `import pixie_integrations` and `pixie-rerank --help` do not pay for torch.
+_LAZY = {
+    "DEFAULT_MODEL": ".scorer",
+    "PixieScorer": ".scorer",
+    "RankResult": ".scorer",
+    "ModelFamily": ".families",
+    "ModelLoadError": ".loading",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())

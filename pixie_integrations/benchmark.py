@@ -203,50 +203,69 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def _time_system(make: Callable[[], ScoreFn], workload: Workload, device: str, repeats: int,
-                 progress: Any | None) -> tuple[dict[str, Any], list[float]]:
+def _time_systems(
+    factories: dict[str, Callable[[], ScoreFn]], workload: Workload, device: str, repeats: int, progress: Any | None
+) -> tuple[dict[str, dict[str, Any]], dict[str, list[float]], dict[str, str]]:
+    """Load every system, warm each up on the first query, then time them query by query, interleaved.
+
+    Interleaving (with the order rotated each query) makes the ratios robust to a machine whose speed drifts during
+    the run, as shared cloud CPUs do: every system sees the same conditions, query for query.
+    """
     import torch
 
-    t0 = time.perf_counter()
-    score = make()
-    load_s = time.perf_counter() - t0
-    if device.startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats()
-    # Warm-up on the first query (kernels, allocator, compilation) is not timed.
-    t0 = time.perf_counter()
-    score(workload.queries[0], workload.documents[0])
-    _sync(device)
-    warmup_s = time.perf_counter() - t0
-    latencies: list[float] = []
-    scores: list[float] = []
+    cuda = device.startswith("cuda")
+    systems: dict[str, ScoreFn] = {}
+    stats: dict[str, dict[str, Any]] = {}
+    failed: dict[str, str] = {}
+    for name, make in factories.items():
+        try:
+            t0 = time.perf_counter()
+            score = make()
+            load_s = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            score(workload.queries[0], workload.documents[0])  # kernels, allocator, compilation: not timed
+            _sync(device)
+            stats[name] = {"load_s": load_s, "warmup_s": time.perf_counter() - t0}
+            systems[name] = score
+        except Exception as exc:  # one failing system (e.g. compilation) must not lose the others
+            logger.exception("system %s failed", name)
+            failed[name] = f"{type(exc).__name__}: {exc}"
+    latencies: dict[str, list[float]] = {name: [] for name in systems}
+    peaks: dict[str, float] = {name: 0.0 for name in systems}
+    scores: dict[str, list[float]] = {name: [] for name in systems}
+    names = list(systems)
+    step = 0
     for rep in range(repeats):
         for query, documents in zip(workload.queries, workload.documents):
-            t0 = time.perf_counter()
-            got = score(query, documents)
-            _sync(device)
-            latencies.append(time.perf_counter() - t0)
-            if rep == 0:
-                scores.extend(got)
+            for name in names[step % len(names) :] + names[: step % len(names)]:
+                if cuda:
+                    torch.cuda.reset_peak_memory_stats()
+                    before = torch.cuda.memory_allocated()
+                t0 = time.perf_counter()
+                got = systems[name](query, documents)
+                _sync(device)
+                latencies[name].append(time.perf_counter() - t0)
+                if cuda:
+                    peaks[name] = max(peaks[name], (torch.cuda.max_memory_allocated() - before) / 2**20)
+                if rep == 0:
+                    scores[name].extend(got)
+            step += 1
             if progress is not None:
                 progress.update(1)
-    total = sum(latencies)
-    pairs = workload.pairs * repeats
-    stats: dict[str, Any] = {
-        "pairs_per_s": pairs / total,
-        "seconds": total,
-        "latency_p50_ms": 1000 * statistics.median(latencies),
-        "latency_p95_ms": 1000 * _percentile(latencies, 95),
-        "load_s": load_s,
-        "warmup_s": warmup_s,
-    }
-    if device.startswith("cuda"):
-        stats["peak_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
-    else:
-        stats["process_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    del score
-    if device.startswith("cuda"):
-        torch.cuda.empty_cache()
-    return stats, scores
+    for name in names:
+        total = sum(latencies[name])
+        stats[name].update(
+            pairs_per_s=workload.pairs * repeats / total,
+            seconds=total,
+            latency_p50_ms=1000 * statistics.median(latencies[name]),
+            latency_p95_ms=1000 * _percentile(latencies[name], 95),
+        )
+        if cuda:
+            stats[name]["peak_activation_memory_mb"] = peaks[name]
+    if not cuda:
+        for name in names:
+            stats[name]["process_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {n: stats[n] for n in names}, scores, failed
 
 
 def _percentile(values: Sequence[float], q: float) -> float:
@@ -309,24 +328,14 @@ def run_benchmark(
         if show_progress:
             from tqdm.auto import tqdm
 
-            progress = tqdm(total=len(factories) * len(work.queries) * repeats, desc="bench", unit="query")
-        results: dict[str, dict[str, Any]] = {}
-        all_scores: dict[str, list[float]] = {}
-        failed: dict[str, str] = {}
+            progress = tqdm(total=len(work.queries) * repeats, desc="bench", unit="query")
         try:
-            for name, make in factories.items():
-                if progress is not None:
-                    progress.set_postfix_str(name)
-                try:
-                    results[name], all_scores[name] = _time_system(make, work, device_name, repeats, progress)
-                except Exception as exc:  # one failing system (e.g. compilation) must not lose the others
-                    logger.exception("system %s failed", name)
-                    failed[name] = f"{type(exc).__name__}: {exc}"
-                    continue
-                results[name]["tokens_per_s"] = input_tokens * repeats / results[name]["seconds"]
+            results, all_scores, failed = _time_systems(factories, work, device_name, repeats, progress)
         finally:
             if progress is not None:
                 progress.close()
+        for stats in results.values():
+            stats["tokens_per_s"] = input_tokens * repeats / stats["seconds"]
         if not results:
             raise RuntimeError(f"every system failed: {failed}")
         reference = next(iter(results))

@@ -16,7 +16,10 @@ from .encoding import EncodedPair
 from .families import ModelFamily
 from .loading import LoadedModel
 
-__all__ = ["ModelRunner"]
+__all__ = ["ModelRunner", "PrefixState"]
+
+PrefixState = list[tuple[torch.Tensor, torch.Tensor]]
+"""Per-layer (keys, values) of one query's prefix, batch size 1."""
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +63,7 @@ class ModelRunner:
 
     @property
     def supports_shared_prefix(self) -> bool:
-        """Whether :meth:`run_shared_prefix` is available (template families only)."""
+        """Whether :meth:`encode_prefix` / :meth:`run_with_prefix` apply (template families only)."""
         return self._loaded.family.uses_template
 
     @torch.inference_mode()
@@ -81,15 +84,26 @@ class ModelRunner:
         return self._head(hidden, lengths)
 
     @torch.inference_mode()
-    def run_shared_prefix(self, batch: Sequence[EncodedPair]) -> torch.Tensor:
-        """Logits for pairs that all share ``batch[0].prefix``: the prefix runs once, its KV cache serves all."""
-        device = self._loaded.device
-        prefix = torch.tensor([batch[0].prefix], dtype=torch.long, device=device)
+    def encode_prefix(self, prefix: Sequence[int]) -> PrefixState:
+        """Run a query's prefix (system prompt, instruction, query) once; its per-layer keys and values."""
         cache = _new_cache(self._loaded.model.config)
-        self._forward(input_ids=prefix, use_cache=True, **{self._cache_kw: cache})  # fills the cache in place
-        cache.batch_repeat_interleave(len(batch))
+        ids = torch.tensor([list(prefix)], dtype=torch.long, device=self._loaded.device)
+        self._forward(input_ids=ids, use_cache=True, **{self._cache_kw: cache})  # fills the cache in place
+        if hasattr(cache, "layers"):
+            return [(layer.keys, layer.values) for layer in cache.layers]
+        return list(zip(cache.key_cache, cache.value_cache))  # transformers < 4.56
+
+    @torch.inference_mode()
+    def run_with_prefix(self, state: PrefixState, batch: Sequence[EncodedPair]) -> torch.Tensor:
+        """Logits for pairs sharing the prefix that ``state`` holds: only their documents and suffixes run."""
+        device = self._loaded.device
+        cache = _new_cache(self._loaded.model.config)
+        for layer, (keys, values) in enumerate(state):
+            size = (len(batch), -1, -1, -1)
+            cache.update(keys.expand(size), values.expand(size), layer)
+        prefix_len = state[0][0].shape[-2]
         ids, mask, lengths = _pad([pair.rest for pair in batch], self._pad_id)
-        mask = torch.cat([torch.ones((len(batch), prefix.shape[1]), dtype=torch.long), mask], dim=1)
+        mask = torch.cat([torch.ones((len(batch), prefix_len), dtype=torch.long), mask], dim=1)
         hidden = self._forward(
             input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=True, **{self._cache_kw: cache}
         ).last_hidden_state

@@ -14,7 +14,7 @@ from .batching import plan_batches
 from .encoding import EncodedPair, PairEncoder
 from .families import ModelFamily
 from .loading import LoadedModel, load_model
-from .runner import ModelRunner
+from .runner import ModelRunner, PrefixState
 from .template import DEFAULT_INSTRUCTION
 
 __all__ = ["DEFAULT_MODEL", "PixieScorer", "RankResult"]
@@ -24,11 +24,11 @@ logger = logging.getLogger(__name__)
 DEFAULT_MODEL = "telepix/PIXIE-Spell-Reranker-Preview-0.6B"
 
 # Padded tokens per forward pass. Large batches feed a GPU; on CPU small ones win (PERFORMANCE-NOTES.md).
-_DEFAULT_TOKEN_BUDGET = {"cuda": 16384, "mps": 8192, "cpu": 2048}
+_DEFAULT_TOKEN_BUDGET = {"cuda": 16384, "mps": 8192, "cpu": 1024}
 # Above this many pairs a progress bar is worth showing (when show_progress_bar is left to decide).
 _PROGRESS_MIN_PAIRS = 2000
 # A query with at least this many documents in one call runs its prompt prefix once, through the KV cache.
-_MIN_SHARED = 4
+_MIN_SHARED = 2
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,8 @@ class PixieScorer:
         cache_dir: Where the Hub cache lives, if not the default.
         local_files_only: Never touch the network; load from the local cache or folder only.
         trust_remote_code: Allow checkpoints that ship their own modelling code (some encoder rerankers need it).
-        token_budget: Most padded tokens in one forward pass. ``None``: 16384 on CUDA, 8192 on MPS, 2048 on CPU.
+        token_budget: Most padded tokens in one forward pass. ``None``: 16384 on CUDA, 8192 on MPS, 1024 on CPU
+            (small batches are faster on CPU, large ones on GPU: docs/performance.md).
             It bounds peak memory; a CUDA out-of-memory error splits the batch and retries.
         batch_size: Most pairs in one forward pass, on top of the token budget. ``None``: no cap.
         show_progress_bar: Show a tqdm bar over batches. ``None``: only for calls with many pairs.
@@ -74,7 +75,9 @@ class PixieScorer:
         model_kwargs: Extra keyword arguments for ``from_pretrained`` of the model.
         tokenizer_kwargs: Extra keyword arguments for ``AutoTokenizer.from_pretrained``.
         reuse_prefix: Run the shared part of a query's inputs (system prompt, instruction, query) once and reuse its
-            key/value cache for all of that query's documents. Same scores; less compute.
+            key/value cache for all of that query's documents. Same scores, a fifth less compute. ``None``: on for
+            CPU and MPS, off on CUDA, where the cache-extended attention mask costs more than it saves (measured;
+            see docs/performance.md).
         compile: ``torch.compile`` the model (dynamic shapes). Several times faster on GPU once compiled, but the
             first call compiles for minutes; shared by every scorer of the same loaded model.
     """
@@ -99,7 +102,7 @@ class PixieScorer:
         attn_implementation: str | None = None,
         model_kwargs: dict[str, Any] | None = None,
         tokenizer_kwargs: dict[str, Any] | None = None,
-        reuse_prefix: bool = True,
+        reuse_prefix: bool | None = None,
         compile: bool = False,
     ) -> None:
         if not isinstance(instruction, str):
@@ -128,6 +131,8 @@ class PixieScorer:
         self.show_progress_bar = show_progress_bar
         self._encoder = PairEncoder(self._loaded, max_length=max_length)
         self._runner = ModelRunner(self._loaded, compile=compile)
+        if reuse_prefix is None:
+            reuse_prefix = self.device.type != "cuda"
         self.reuse_prefix = reuse_prefix and self._runner.supports_shared_prefix
         if self.family is ModelFamily.ENCODER and instruction != DEFAULT_INSTRUCTION:
             logger.warning("%s is an encoder cross-encoder: it takes no prompt, so the instruction is ignored.", model)
@@ -273,9 +278,17 @@ class PixieScorer:
             from tqdm.auto import tqdm
 
             progress = tqdm(total=len(encoded), desc="Reranking", unit="pair")
+        # Only the current query's prefix state is kept: batches of one query come one after another.
+        state_of: tuple[tuple[int, ...], PrefixState] | None = None
         try:
             for batch, shared in self._plan(encoded):
-                out[batch] = self._forward_splitting([encoded[i] for i in batch], shared)
+                pairs = [encoded[i] for i in batch]
+                state = None
+                if shared:
+                    if state_of is None or state_of[0] is not pairs[0].prefix:
+                        state_of = (pairs[0].prefix, self._runner.encode_prefix(pairs[0].prefix))
+                    state = state_of[1]
+                out[batch] = self._forward_splitting(pairs, state)
                 if progress is not None:
                     progress.update(len(batch))
         finally:
@@ -284,31 +297,32 @@ class PixieScorer:
         return out
 
     def _plan(self, encoded: list[EncodedPair]) -> list[tuple[list[int], bool]]:
-        """Batches of indices, each flagged whether its pairs share one prefix (and run through its KV cache)."""
+        """Batches of indices, each flagged whether its pairs share one prefix (run once, through its KV cache).
+
+        Batches of one query follow each other, so a single prefix state is alive at a time.
+        """
         groups: dict[tuple[int, ...], list[int]] = {}
         if self.reuse_prefix:
             for i, pair in enumerate(encoded):
                 groups.setdefault(pair.prefix, []).append(i)
-        plain = [i for members in groups.values() if len(members) < _MIN_SHARED for i in members]
-        if not self.reuse_prefix:
-            plain = list(range(len(encoded)))
+        shared = [members for members in groups.values() if len(members) >= _MIN_SHARED]
+        in_shared = {i for members in shared for i in members}
+        plain = [i for i in range(len(encoded)) if i not in in_shared]
         plan: list[tuple[list[int], bool]] = []
-        for members in groups.values():
-            if len(members) >= _MIN_SHARED:
-                lengths = [len(encoded[i]) for i in members]
-                for batch in plan_batches(lengths, self.token_budget, self.batch_size):
-                    plan.append(([members[j] for j in batch], True))
+        for members in shared:
+            # The prefix is computed once per query, so only the documents' tokens count against the budget.
+            lengths = [len(encoded[i].rest) for i in members]
+            plan += [([members[j] for j in batch], True) for batch in plan_batches(lengths, self.token_budget, self.batch_size)]
         if plain:
             lengths = [len(encoded[i]) for i in plain]
-            for batch in plan_batches(lengths, self.token_budget, self.batch_size):
-                plan.append(([plain[j] for j in batch], False))
+            plan += [([plain[j] for j in batch], False) for batch in plan_batches(lengths, self.token_budget, self.batch_size)]
         return plan
 
-    def _forward_splitting(self, batch: list[EncodedPair], shared: bool) -> torch.Tensor:
+    def _forward_splitting(self, batch: list[EncodedPair], state: PrefixState | None) -> torch.Tensor:
         """Forward one batch; on out-of-memory, halve it and retry so that no pair is lost."""
         try:
-            if shared and len(batch) > 1:
-                return self._runner.run_shared_prefix(batch)
+            if state is not None:
+                return self._runner.run_with_prefix(state, batch)
             return self._runner(batch)
         except torch.OutOfMemoryError:
             if len(batch) == 1:
@@ -318,7 +332,7 @@ class PixieScorer:
             half = len(batch) // 2
             logger.warning("Out of memory on a batch of %d pairs; splitting it in two and retrying.", len(batch))
             return torch.cat(
-                [self._forward_splitting(batch[:half], shared), self._forward_splitting(batch[half:], shared)]
+                [self._forward_splitting(batch[:half], state), self._forward_splitting(batch[half:], state)]
             )
 
 

@@ -290,9 +290,12 @@ def test_out_of_memory_splits_the_batch_and_loses_nothing(tiny_reranker: Path) -
             self._check(batch)
             return real_runner(batch)
 
-        def run_shared_prefix(self, batch):  # type: ignore[no-untyped-def]
+        def encode_prefix(self, prefix):  # type: ignore[no-untyped-def]
+            return real_runner.encode_prefix(prefix)
+
+        def run_with_prefix(self, state, batch):  # type: ignore[no-untyped-def]
             self._check(batch)
-            return real_runner.run_shared_prefix(batch)
+            return real_runner.run_with_prefix(state, batch)
 
     scorer._runner = TightMemory()  # type: ignore[assignment]
     assert scorer.score(QUERY, DOCS) == pytest.approx(expected, abs=1e-5)

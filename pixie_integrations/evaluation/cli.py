@@ -1,11 +1,199 @@
-"""``pixie-rerank eval`` (placeholder until the evaluation lands)."""
+"""``pixie-rerank eval``: the model card's NDCG table for your rerankers on a BEIR-layout dataset."""
 
 from __future__ import annotations
 
 import argparse
+import logging
+import os
+import sys
 from typing import Any
+
+__all__ = ["register"]
+
+logger = logging.getLogger(__name__)
+
+_DEFAULT_MODEL = "telepix/PIXIE-Spell-Reranker-Preview-0.6B"
+
+_EPILOG = """\
+examples:
+  pixie-rerank eval --data ./my-domain --model telepix/PIXIE-Spell-Reranker-Preview-0.6B \\
+      --model BAAI/bge-reranker-v2-m3 --output eval-out
+  pixie-rerank eval --data ./scifact --run splade.trec --model ./PIXIE --output out --dtype bfloat16
+  pixie-rerank eval --data ./arguana --data ./fiqa --model ./PIXIE --output out   # mean over datasets
+
+A dataset folder holds corpus.jsonl (_id, title, text), queries.jsonl (_id, text) and qrels/<split>.tsv
+(query-id, corpus-id, score). Re-running with the same --output reuses every score already computed.
+"""
 
 
 def register(subparsers: Any) -> None:
-    parser = subparsers.add_parser("eval", help="evaluate rerankers with the model card's NDCG method")
-    parser.set_defaults(func=lambda args: parser.error("not implemented yet"))
+    """Add the ``eval`` command to ``pixie-rerank``."""
+    parser = subparsers.add_parser(
+        "eval",
+        help="evaluate rerankers with the model card's NDCG method on BEIR-format data",
+        description=(
+            "Rerank a first-stage shortlist (BM25, or --run) of each judged query with each model and report "
+            "NDCG@1/3/5/10 and their mean (Avg. NDCG) as the model card's tables do."
+        ),
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--data",
+        action="append",
+        required=True,
+        metavar="DIR",
+        help="BEIR-layout dataset folder; repeat for several datasets (the table then averages them)",
+    )
+    parser.add_argument(
+        "--model",
+        action="append",
+        metavar="MODEL",
+        help=f"hub id or local folder; repeat to compare (default: $PIXIE_MODEL_PATH or {_DEFAULT_MODEL})",
+    )
+    parser.add_argument(
+        "--output",
+        required=True,
+        metavar="OUT",
+        help="output folder: <model>/run.trec, <model>/metrics.json, results.md, ndcg.png, scores cache",
+    )
+    parser.add_argument("--split", default="test", help="qrels split: qrels/<split>.tsv (default: test)")
+    parser.add_argument(
+        "--run",
+        action="append",
+        metavar="FILE",
+        help="run file (TREC, or JSON {qid: {docid: score}}) to take the shortlist from instead of BM25 (e.g. a SPLADE run, as the "
+        "card's Korean tables used); with several --data, one --run per --data, in order",
+    )
+    parser.add_argument(
+        "--candidates",
+        type=_positive_int,
+        default=100,
+        metavar="K",
+        help="shortlist depth per query (default: 100, the card's candidate_k)",
+    )
+    parser.add_argument(
+        "--k",
+        type=_positive_int,
+        nargs="+",
+        default=[1, 3, 5, 10],
+        metavar="K",
+        help="NDCG cut-offs (default: 1 3 5 10); Avg. NDCG is their mean",
+    )
+    parser.add_argument(
+        "--instruction",
+        default=None,
+        help="the reranker's task instruction (default: the card's web-search instruction)",
+    )
+    parser.add_argument("--device", default=None, help="cuda, cuda:1, mps or cpu (default: the best available)")
+    parser.add_argument(
+        "--dtype", default=None, help="float32, bfloat16 or float16 (default: bfloat16 on CUDA, else float32)"
+    )
+    parser.add_argument(
+        "--max-length",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="most tokens per (query, document) input, template included (default: the model's)",
+    )
+    parser.add_argument(
+        "--batch-size",
+        "--batch",
+        dest="batch_size",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="most pairs per forward pass (default: no cap beyond the token budget)",
+    )
+    parser.add_argument(
+        "--token-budget",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="most padded tokens per forward pass (default: 16384 on CUDA, 2048 on CPU)",
+    )
+    parser.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="allow checkpoints with their own code (gte-multilingual, jina rerankers)",
+    )
+    parser.add_argument(
+        "--keep-identical-ids",
+        action="store_true",
+        help="keep candidates whose id equals the query id (BEIR drops them by default; keep them "
+        "when your query and document ids merely collide)",
+    )
+    parser.add_argument(
+        "--drop-unknown-qrels",
+        action="store_true",
+        help="drop judgments naming documents missing from the corpus (BEIR keeps them)",
+    )
+    parser.add_argument("--no-cache", action="store_true", help="do not read or write the score cache")
+    parser.add_argument("--no-plot", action="store_true", help="do not draw ndcg.png")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.set_defaults(func=_run)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _run(args: argparse.Namespace) -> int:
+    models = args.model or [os.environ.get("PIXIE_MODEL_PATH") or _DEFAULT_MODEL]
+    if args.run and len(args.run) != len(args.data):
+        print(
+            f"error: {len(args.run)} --run files for {len(args.data)} --data folders; give one per folder",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        from ..loading import ModelLoadError
+        from .data import DataError
+        from .runner import evaluate, evaluate_suite
+    except ImportError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    options: dict[str, Any] = {
+        "split": args.split,
+        "candidates": args.candidates,
+        "k_values": args.k,
+        "instruction": args.instruction,
+        "device": args.device,
+        "dtype": args.dtype,
+        "max_length": args.max_length,
+        "batch_size": args.batch_size,
+        "token_budget": args.token_budget,
+        "trust_remote_code": args.trust_remote_code,
+        "ignore_identical_ids": not args.keep_identical_ids,
+        "drop_unknown_qrels": args.drop_unknown_qrels,
+        "cache": not args.no_cache,
+        "show_progress_bar": not args.no_progress,
+        "plot": not args.no_plot,
+    }
+    try:
+        if len(args.data) == 1:
+            result = evaluate(args.data[0], models, output_dir=args.output, run=(args.run or [None])[0], **options)
+            print(result.to_markdown())
+        else:
+            from pathlib import Path
+
+            runs = None
+            if args.run:
+                runs = {Path(d).name: r for d, r in zip(args.data, args.run)}
+            suite = evaluate_suite(args.data, models, output_dir=args.output, runs=runs, **options)
+            print(suite.to_markdown())
+    except (DataError, ModelLoadError, ImportError, ValueError) as exc:
+        logger.debug("eval failed", exc_info=True)  # -v shows where
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(
+        f"Written to {args.output}: results.md, results.json, ndcg.png and one folder per model "
+        f"(run.trec, metrics.json)."
+    )
+    return 0

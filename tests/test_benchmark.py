@@ -1,0 +1,65 @@
+"""The benchmark: workloads of the requested shape, every system on the same weights, parity in its report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from transformers import AutoTokenizer
+
+from pixie_integrations.benchmark import build_workload, format_table, run_benchmark
+from pixie_integrations.cli import main
+
+
+def test_workload_has_the_requested_token_lengths(tiny_reranker: Path) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(tiny_reranker)
+    work = build_workload("beir", tokenizer, queries=2, docs_per_query=30)
+    assert work.pairs == 60 and len(work.queries) == 2
+    for docs, lengths in zip(work.documents, work.doc_tokens):
+        for doc, n in zip(docs, lengths):
+            assert 16 <= n <= 1024
+            assert abs(len(tokenizer(doc, add_special_tokens=False)["input_ids"]) - n) <= 2
+    # Log-normal around a 180-token median, as the issue's reference workload.
+    assert 100 < sorted(n for lengths in work.doc_tokens for n in lengths)[30] < 300
+    assert build_workload("beir", tokenizer, queries=2, docs_per_query=30).documents == work.documents
+
+
+def test_run_benchmark_times_the_card_path_and_ours_on_the_same_weights(tmp_path: Path) -> None:
+    result = run_benchmark(
+        workload="latency",
+        shape="tiny",
+        systems=("card-fp32", "pixie-fp32", "pixie:token_budget=256,reuse_prefix=false", "pixie"),
+        device="cpu",
+        docs_per_query=8,
+        repeats=2,
+        show_progress=False,
+        model_dir=tmp_path / "tiny",
+    )
+    systems = result["systems"]
+    assert list(systems) == ["card-fp32", "pixie-fp32", "pixie:token_budget=256,reuse_prefix=false", "pixie"]
+    assert result["failed"] == {}
+    # Same weights: our float32 path equals the model card's float32 path.
+    assert systems["pixie-fp32"]["max_abs_score_diff_vs_card-fp32"] < 1e-5
+    assert systems["pixie"]["max_abs_score_diff_vs_card-fp32"] < 2e-2
+    for stats in systems.values():
+        assert stats["pairs_per_s"] > 0 and stats["latency_p95_ms"] >= stats["latency_p50_ms"] > 0
+    assert result["workload"]["pairs"] == 8
+    json.dumps(result)
+    assert "| pixie-fp32 |" in format_table(result)
+
+
+def test_bench_command_writes_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "bench.json"
+    code = main(
+        ["bench", "--shape", "tiny", "--model-dir", str(tmp_path / "m"), "--workload", "latency", "--docs", "4",
+         "--systems", "pixie-fp32", "pixie", "--device", "cpu", "--no-progress", "--json", str(out)]
+    )
+    assert code == 0
+    assert "| pixie |" in capsys.readouterr().out
+    assert set(json.loads(out.read_text())["systems"]) == {"pixie-fp32", "pixie"}
+
+
+def test_unknown_system_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="Unknown system"):
+        run_benchmark(shape="tiny", systems=("warp-drive",), device="cpu", show_progress=False, model_dir=tmp_path)
