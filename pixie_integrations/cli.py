@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 __all__ = ["main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
-    from .demo import register as register_demo
     from .evaluation.cli import register as register_eval
 
     parser = argparse.ArgumentParser(
@@ -21,7 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    register_demo(sub)
+    _register_demo(sub)
     try:
         from .benchmark import register as register_bench
     except ImportError:  # the benchmark lands with its own module
@@ -30,6 +31,41 @@ def build_parser() -> argparse.ArgumentParser:
         register_bench(sub)
     register_eval(sub)
     return parser
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from .demo import CARD_DOCUMENTS, CARD_QUERIES, CARD_SCORES, run_demo
+    from .loading import ModelLoadError
+
+    try:
+        scores = run_demo(args.model, device=args.device, dtype=args.dtype)
+    except ModelLoadError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"model: {args.model}  dtype: {args.dtype}")
+    print(f"{'#':>2}  {'card':>8}  {'pixie':>8}  {'diff':>9}  query / document")
+    worst = 0.0
+    for i, (card, got) in enumerate(zip(CARD_SCORES, scores)):
+        worst = max(worst, abs(card - got))
+        print(f"{i:>2}  {card:8.5f}  {got:8.5f}  {got - card:+9.2e}  {CARD_QUERIES[i]} / {CARD_DOCUMENTS[i][:30]}…")
+    print(f"largest difference from the model card: {worst:.2e}")
+    return 0
+
+
+def _register_demo(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "demo",
+        help="rerank the model card's Korean example and print each score beside the card's",
+        description="Score the model card's example pairs and compare with the scores the card printed.",
+    )
+    parser.add_argument(
+        "--model",
+        default=os.environ.get("PIXIE_MODEL_PATH", "telepix/PIXIE-Spell-Reranker-Preview-0.6B"),
+        help="hub id or local folder (default: $PIXIE_MODEL_PATH or the PIXIE hub id)",
+    )
+    parser.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
+    parser.add_argument("--dtype", default="float32", help="float32 (the card's precision, default) or bfloat16")
+    parser.set_defaults(func=_run_demo)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

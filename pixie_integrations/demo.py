@@ -1,16 +1,12 @@
-"""``pixie-rerank demo``: the model card's Korean example through PixieScorer, beside the card's published scores."""
+"""The model card's Korean example and its published scores (``pixie-rerank demo`` runs it)."""
 
 from __future__ import annotations
 
-import argparse
 import logging
-import os
-import sys
-from typing import Any
 
 from .template import DEFAULT_INSTRUCTION
 
-__all__ = ["CARD_DOCUMENTS", "CARD_QUERIES", "CARD_SCORES", "register", "run_demo"]
+__all__ = ["CARD_DOCUMENTS", "CARD_QUERIES", "CARD_SCORES", "run_demo"]
 
 logger = logging.getLogger(__name__)
 
@@ -38,37 +34,3 @@ def run_demo(model: str, *, device: str | None = None, dtype: str = "float32") -
 
     scorer = PixieScorer(model, device=device, dtype=dtype)
     return scorer.score_pairs(list(zip(CARD_QUERIES, CARD_DOCUMENTS)), instruction=DEFAULT_INSTRUCTION)
-
-
-def _run(args: argparse.Namespace) -> int:
-    from .loading import ModelLoadError
-
-    try:
-        scores = run_demo(args.model, device=args.device, dtype=args.dtype)
-    except ModelLoadError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(f"model: {args.model}  dtype: {args.dtype}")
-    print(f"{'#':>2}  {'card':>8}  {'pixie':>8}  {'diff':>9}  query / document")
-    worst = 0.0
-    for i, (card, got) in enumerate(zip(CARD_SCORES, scores)):
-        worst = max(worst, abs(card - got))
-        print(f"{i:>2}  {card:8.5f}  {got:8.5f}  {got - card:+9.2e}  {CARD_QUERIES[i]} / {CARD_DOCUMENTS[i][:30]}…")
-    print(f"largest difference from the model card: {worst:.2e}")
-    return 0
-
-
-def register(subparsers: Any) -> None:
-    parser = subparsers.add_parser(
-        "demo",
-        help="rerank the model card's Korean example and print each score beside the card's",
-        description="Score the model card's example pairs and compare with the scores the card printed.",
-    )
-    parser.add_argument(
-        "--model",
-        default=os.environ.get("PIXIE_MODEL_PATH", "telepix/PIXIE-Spell-Reranker-Preview-0.6B"),
-        help="hub id or local folder (default: $PIXIE_MODEL_PATH or the PIXIE hub id)",
-    )
-    parser.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
-    parser.add_argument("--dtype", default="float32", help="float32 (the card's precision, default) or bfloat16")
-    parser.set_defaults(func=_run)
