@@ -2,7 +2,9 @@
 
 The core is framework-free: ``from pixie_integrations import PixieScorer``. The adapters live in
 ``pixie_integrations.langchain``, ``pixie_integrations.llama_index`` and ``pixie_integrations.haystack`` and need
-their extras (``pip install "pixie-integrations[langchain]"`` and so on).
+their extras (``pip install "pixie-integrations[langchain]"`` and so on). ``pixie_integrations.serving`` serves the
+scorer over HTTP and holds ``RemoteScorer``, a client the LangChain and LlamaIndex adapters take as their ``scorer``
+(anything satisfying :class:`Scorer` does).
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ from .template import DEFAULT_INSTRUCTION, format_document, format_query
 if TYPE_CHECKING:
     from .families import ModelFamily
     from .loading import ModelLoadError
-    from .scorer import DEFAULT_MODEL, PixieScorer, RankResult
+    from .protocols import Scorer
+    from .ranking import RankResult
+    from .scorer import DEFAULT_MODEL, PixieScorer
 
 __all__ = [
     "DEFAULT_INSTRUCTION",
@@ -25,6 +29,7 @@ __all__ = [
     "ModelLoadError",
     "PixieScorer",
     "RankResult",
+    "Scorer",
     "format_document",
     "format_query",
 ]
@@ -35,9 +40,10 @@ __version__ = "0.1.0"
 _LAZY = {
     "DEFAULT_MODEL": ".scorer",
     "PixieScorer": ".scorer",
-    "RankResult": ".scorer",
+    "RankResult": ".ranking",
     "ModelFamily": ".families",
     "ModelLoadError": ".loading",
+    "Scorer": ".protocols",
 }
 
 

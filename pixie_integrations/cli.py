@@ -1,4 +1,4 @@
-"""``pixie-rerank``: the command line (demo, bench, eval)."""
+"""``pixie-rerank``: the command line (demo, bench, eval, serve)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .evaluation.cli import register as register_eval
 
     parser = argparse.ArgumentParser(
-        prog="pixie-rerank", description="PIXIE-Spell-Reranker: demo, benchmark and evaluation."
+        prog="pixie-rerank", description="PIXIE-Spell-Reranker: demo, benchmark, evaluation and serving."
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
@@ -30,7 +30,24 @@ def build_parser() -> argparse.ArgumentParser:
     else:
         register_bench(sub)
     register_eval(sub)
+    try:
+        from .serving.cli import register as register_serve
+    except ImportError as exc:  # without the serve extra the command still shows, and says what to install
+        _register_missing(sub, "serve", "serve the reranker over HTTP", exc)
+    else:
+        register_serve(sub)
     return parser
+
+
+def _register_missing(subparsers: Any, name: str, help_text: str, error: ImportError) -> None:
+    def run(args: argparse.Namespace) -> int:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+    # No option prefix: every argument (--model ..., --help) lands in `ignored`, so any call reaches `run`.
+    parser = subparsers.add_parser(name, help=f"{help_text} (not installed)", add_help=False, prefix_chars="\0")
+    parser.add_argument("ignored", nargs="*")
+    parser.set_defaults(func=run)
 
 
 def _run_demo(args: argparse.Namespace) -> int:

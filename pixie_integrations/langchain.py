@@ -29,6 +29,7 @@ except ImportError as exc:  # pragma: no cover - exercised by a test that hides 
 
 import torch
 
+from .protocols import Scorer
 from .scorer import DEFAULT_MODEL, PixieScorer
 
 __all__ = ["DEFAULT_MODEL", "PixieRerank"]
@@ -78,8 +79,8 @@ class PixieRerank(BaseDocumentCompressor):
     """Task instruction of the prompt template; None uses the scorer's (the model card's web-search default)."""
     score_threshold: float | None = None
     """Drop documents scoring below this (applied before top_n); None keeps all."""
-    scorer: PixieScorer | None = Field(default=None, repr=False)
-    """An existing PixieScorer to use (and share); None creates one for model on first use."""
+    scorer: Scorer | None = Field(default=None, repr=False)
+    """An existing scorer to use and share (a PixieScorer, a RemoteScorer, any Scorer); None creates one for model."""
     device: str | torch.device | None = None
     """Device for a created scorer ("cuda", "cuda:1", "mps", "cpu"); None picks cuda, then mps, then cpu."""
     dtype: str | torch.dtype | None = None
@@ -119,7 +120,7 @@ class PixieRerank(BaseDocumentCompressor):
         if ignored:
             raise ValueError(
                 f"{', '.join(ignored)} only apply when PixieRerank creates its own scorer; "
-                "set them on the PixieScorer you pass as scorer= instead."
+                "set them on the scorer you pass as scorer= instead."
             )
         if "model" in self.model_fields_set and self.model != self.scorer.model_name:
             raise ValueError(f"model={self.model!r} does not match the given scorer's model {self.scorer.model_name!r}")
@@ -128,7 +129,7 @@ class PixieRerank(BaseDocumentCompressor):
         return self
 
     # -- the scorer ------------------------------------------------------------------------------------------------
-    def _get_scorer(self) -> PixieScorer:
+    def _get_scorer(self) -> Scorer:
         if self.scorer is not None:
             return self.scorer
         if self._scorer is None:

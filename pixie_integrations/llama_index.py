@@ -35,6 +35,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 import torch
 
 from .loading import resolve_dtype
+from .protocols import Scorer
 from .scorer import DEFAULT_MODEL, PixieScorer
 
 __all__ = ["RETRIEVAL_SCORE_KEY", "PixieRerank"]
@@ -51,25 +52,29 @@ _DEFAULT_TOP_N = 2
 class _ScorerSlot:
     """Holds the lazily loaded scorer and the settings it was loaded for.
 
-    Copies and pickles of a slot start empty: LlamaIndex's ``__getstate__`` test-pickles every private attribute,
-    which would serialize the whole model (then fail on its locks). A copy reloads on first use, through the core's
-    registry, so within one process that costs nothing.
+    Copies and pickles of a slot drop a local ``PixieScorer``: LlamaIndex's ``__getstate__`` test-pickles every
+    private attribute, which would serialize the whole model (then fail on its locks). A copy reloads on first use,
+    through the core's registry, so within one process that costs nothing. Any other scorer (a ``RemoteScorer``,
+    whose copies just reconnect) is kept: reloading it from ``model`` would silently swap in a local model.
     """
 
     __slots__ = ("_entry", "lock")
 
-    def __init__(self) -> None:
-        self._entry: tuple[tuple[Any, ...], PixieScorer] | None = None
+    def __init__(self, entry: tuple[tuple[Any, ...], Scorer] | None = None) -> None:
+        self._entry = entry
         self.lock = threading.Lock()
 
-    def get(self, settings: tuple[Any, ...]) -> PixieScorer | None:
+    def get(self, settings: tuple[Any, ...]) -> Scorer | None:
         entry = self._entry
         return entry[1] if entry is not None and entry[0] == settings else None
 
-    def put(self, settings: tuple[Any, ...], scorer: PixieScorer) -> None:
+    def put(self, settings: tuple[Any, ...], scorer: Scorer) -> None:
         self._entry = (settings, scorer)
 
     def __reduce__(self) -> tuple[Any, ...]:
+        entry = self._entry
+        if entry is not None and not isinstance(entry[1], PixieScorer):
+            return (_ScorerSlot, (entry,))
         return (_ScorerSlot, ())
 
 
@@ -90,9 +95,10 @@ class PixieRerank(BaseNodePostprocessor):
         device: Where to run the model (``"cuda"``, ``"cpu"``, ...); ``None`` picks the best available.
         dtype: Weight dtype (``"float32"``, ``"bfloat16"``, ...); ``None`` picks one for the device.
         max_length: Most tokens of one (query, document) input; ``None`` uses the model's limit.
-        scorer: An existing :class:`PixieScorer` to share (then leave ``device``, ``dtype`` and ``max_length`` unset:
-            the scorer already fixes them). Without it one is created on first use, sharing the weights of any other
-            scorer of the same model, device and dtype.
+        scorer: An existing scorer to share: a :class:`PixieScorer`, a
+            :class:`~pixie_integrations.serving.RemoteScorer`, any :class:`~pixie_integrations.Scorer` (then leave
+            ``device``, ``dtype`` and ``max_length`` unset: the scorer already fixes them). Without it one is created
+            on first use, sharing the weights of any other scorer of the same model, device and dtype.
         callback_manager: LlamaIndex callback manager (query engines set their own).
     """
 
@@ -135,18 +141,21 @@ class PixieRerank(BaseNodePostprocessor):
         device: str | torch.device | None = None,
         dtype: str | torch.dtype | None = None,
         max_length: int | None = None,
-        scorer: PixieScorer | None = None,
+        scorer: Scorer | None = None,
         callback_manager: CallbackManager | None = None,
     ) -> None:
         if scorer is not None:
-            if not isinstance(scorer, PixieScorer):
-                raise TypeError(f"scorer must be a PixieScorer, not {type(scorer).__name__}")
+            if not isinstance(scorer, Scorer):
+                raise TypeError(
+                    f"scorer must be a Scorer (model_name, instruction, score()) such as PixieScorer, "
+                    f"not {type(scorer).__name__}"
+                )
             settings = {"device": device, "dtype": dtype, "max_length": max_length}
             given = [name for name, value in settings.items() if value is not None]
             if given:
                 # They would be silently ignored: the scorer's model is already loaded with its own settings.
                 raise ValueError(
-                    f"Pass either scorer or {', '.join(given)}, not both: configure the PixieScorer instead."
+                    f"Pass either scorer or {', '.join(given)}, not both: configure the scorer instead."
                 )
             if model is None:
                 model = scorer.model_name
@@ -194,8 +203,8 @@ class PixieRerank(BaseNodePostprocessor):
 
     # -- the scorer ------------------------------------------------------------------------------------------------
     @property
-    def scorer(self) -> PixieScorer:
-        """The :class:`PixieScorer` behind this reranker, loaded on first access; share it with other adapters."""
+    def scorer(self) -> Scorer:
+        """The scorer behind this reranker: the one given, else a :class:`PixieScorer` loaded on first access."""
         settings = self._settings()
         scorer = self._slot.get(settings)
         if scorer is None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -14,6 +13,7 @@ from .batching import plan_batches
 from .encoding import EncodedPair, PairEncoder
 from .families import ModelFamily
 from .loading import LoadedModel, load_model
+from .ranking import RankResult, check_top_n, rank_by_score
 from .runner import ModelRunner, PrefixState
 from .template import DEFAULT_INSTRUCTION
 
@@ -29,18 +29,6 @@ _DEFAULT_TOKEN_BUDGET = {"cuda": 16384, "mps": 8192, "cpu": 1024}
 _PROGRESS_MIN_PAIRS = 2000
 # A query with at least this many documents in one call runs its prompt prefix once, through the KV cache.
 _MIN_SHARED = 2
-
-
-@dataclass(frozen=True)
-class RankResult:
-    """One ranked document: its position in the input, its score and its text."""
-
-    index: int
-    """Position of the document in the list given to :meth:`PixieScorer.rank`."""
-    score: float
-    """Relevance probability (or the logit with ``raw=True``)."""
-    document: str
-    """The document text that was scored."""
 
 
 class PixieScorer:
@@ -237,13 +225,9 @@ class PixieScorer:
             instruction: Task instruction for this call; ``None`` uses the scorer's.
             raw: Report logits instead of probabilities (the order is the same).
         """
-        if top_n is not None and (isinstance(top_n, bool) or not isinstance(top_n, int) or top_n <= 0):
-            raise ValueError(f"top_n must be a positive int or None, got {top_n!r}")
+        check_top_n(top_n)  # before scoring anything
         scores = self.score(query, documents, instruction=instruction, raw=raw)
-        order = sorted(range(len(scores)), key=lambda i: -scores[i])
-        if top_n is not None:
-            order = order[:top_n]
-        return [RankResult(index=i, score=scores[i], document=documents[i]) for i in order]
+        return rank_by_score(scores, documents, top_n)
 
     # -- internals -------------------------------------------------------------------------------------------------
     def _score(

@@ -1,0 +1,118 @@
+"""Serve PIXIE over HTTP and rerank through it with RemoteScorer, as worker processes sharing one model would.
+
+Run it:
+
+    pip install "pixie-integrations[serve]"
+    # a tiny random model built here: offline, seconds, meaningless scores (it shows the plumbing)
+    python examples/serving_rerank.py --tiny
+    # the real PIXIE-Spell-Reranker-Preview-0.6B (downloaded once, ~1.2 GB), or a local copy of it
+    python examples/serving_rerank.py --model ./PIXIE-Spell-Reranker-Preview-0.6B --device cpu
+    # a server that is already running: `pixie-rerank serve`, or vLLM (then --api vllm)
+    python examples/serving_rerank.py --url http://127.0.0.1:8000
+    python examples/serving_rerank.py --url http://127.0.0.1:8001 --api vllm
+
+Without --url it starts the server in this process, on a free loopback port in a background thread, queries it
+once with plain HTTP and once with RemoteScorer, compares with the in-process scorer, and stops the server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import uvicorn
+from fastapi import FastAPI
+
+from pixie_integrations import DEFAULT_MODEL, PixieScorer
+from pixie_integrations.serving import RemoteScorer, create_app
+
+QUERY = "국방 분야에 어떤 위성 서비스가 제공되나요?"
+DOCUMENTS = [
+    "텔레픽스는 해양, 자원, 농업 등 다양한 분야에서 위성 데이터를 분석하여 서비스를 제공합니다.",
+    "정찰 및 감시 목적의 위성 영상을 통해 국방 관련 정밀 분석 서비스를 제공합니다.",
+    "TelePIX의 광학 탑재체 및 AI 분석 기술은 Global standard를 상회하는 수준으로 평가받고 있습니다.",
+    "A satellite imaging company analyses earth observation data for agriculture, defence and the ocean.",
+    "The quick brown fox jumps over the lazy dog. Paris is the capital of France.",
+]
+
+
+@contextmanager
+def running(app: FastAPI) -> Iterator[str]:
+    """Serve ``app`` on a free loopback port in a background thread; stop it on exit."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))  # the OS picks a free port; uvicorn takes the bound socket, so no race
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the server did not start")
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
+        print("\nserver stopped")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tiny", action="store_true", help="build a tiny random model here and run fully offline")
+    parser.add_argument("--model", default=DEFAULT_MODEL, help=f"hub id or local folder (default: {DEFAULT_MODEL})")
+    parser.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
+    parser.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: per device)")
+    parser.add_argument("--url", help="query this running server instead of starting one")
+    parser.add_argument("--api", choices=["pixie", "vllm"], default="pixie", help="what runs at --url")
+    parser.add_argument("--top-n", type=int, default=3)
+    args = parser.parse_args()
+
+    if args.url:
+        query_remote(args.url, args.api, args.top_n)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        model, device, dtype = args.model, args.device, args.dtype
+        if args.tiny:
+            from pixie_integrations.testing import build_tiny_reranker
+
+            model = str(build_tiny_reranker(Path(tmp) / "tiny-pixie"))
+            device, dtype = device or "cpu", dtype or "float32"
+            print(f"Built a tiny RANDOM reranker in {model} (its scores only show the plumbing, not quality).")
+        local = PixieScorer(model, device=device, dtype=dtype)
+        with running(create_app(local)) as url:
+            print(f"Serving {local.model_name} at {url} (this process, a background thread)")
+            remote_scores = query_remote(url, "pixie", args.top_n)
+            worst = max(abs(a - b) for a, b in zip(remote_scores, local.score(QUERY, DOCUMENTS), strict=True))
+            print(f"\nlargest difference from the in-process scorer: {worst:.1e}")
+
+
+def query_remote(url: str, api: str, top_n: int) -> list[float]:
+    """Query a server two ways; return RemoteScorer's scores in document order."""
+    if api == "pixie":
+        # 1. Plain HTTP: what any Cohere/Jina-style rerank client sends (vLLM serves the same route).
+        body = {"query": QUERY, "documents": DOCUMENTS, "top_n": top_n, "return_documents": True}
+        response = httpx.post(f"{url}/rerank", json=body, timeout=60)
+        response.raise_for_status()
+        print(f"\n== POST /rerank (top {top_n})")
+        for hit in response.json()["results"]:
+            print(f"  {hit['relevance_score']:.4f}  [{hit['index']}] {hit['document']['text'][:70]}")
+
+    # 2. RemoteScorer: PixieScorer's calls over HTTP; pass it as scorer= to the LangChain or LlamaIndex PixieRerank.
+    with RemoteScorer(url, api=api) as scorer:  # api="vllm": the client applies PIXIE's template itself
+        print(f"\n== RemoteScorer.rank against {scorer.model_name} ({api} API)")
+        for hit in scorer.rank(QUERY, DOCUMENTS, top_n=top_n):
+            print(f"  {hit.score:.4f}  [{hit.index}] {hit.document[:70]}")
+        return scorer.score(QUERY, DOCUMENTS)
+
+
+if __name__ == "__main__":
+    main()

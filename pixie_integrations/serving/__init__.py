@@ -1,0 +1,51 @@
+"""Serving PIXIE over HTTP when one process is not enough.
+
+- :func:`create_app` / :func:`serve`: a FastAPI app around one :class:`~pixie_integrations.PixieScorer`, with the
+  Cohere/Jina rerank API that vLLM also serves (``POST /rerank``, ``/v1/rerank``), ``POST /score``, ``GET /health``
+  and ``GET /v1/models``. ``pixie-rerank serve`` runs it.
+- :class:`RemoteScorer`: a client with ``PixieScorer``'s ``score`` / ``score_pairs`` / ``rank``, for this server
+  (``api="pixie"``) or a vLLM server running a PIXIE/Qwen3 seq-cls reranker (``api="vllm"``). The LangChain
+  and LlamaIndex ``PixieRerank`` take it as ``scorer=``.
+
+Needs ``pip install "pixie-integrations[serve]"``. See docs/serving.md.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from typing import TYPE_CHECKING, Any
+
+# Checked, not imported: `pixie-rerank --help` imports this package (for the serve command) and must stay fast.
+_MISSING = [name for name in ("fastapi", "httpx") if importlib.util.find_spec(name) is None]
+if _MISSING:
+    raise ImportError(
+        f'pixie_integrations.serving needs {" and ".join(_MISSING)}: pip install "pixie-integrations[serve]"'
+    )
+
+if TYPE_CHECKING:
+    from .client import RemoteScorer, RemoteScorerError
+    from .server import create_app, serve
+
+__all__ = ["RemoteScorer", "RemoteScorerError", "create_app", "serve"]
+
+# Served lazily (PEP 562): importing the package (or only the client) does not import torch.
+_LAZY = {
+    "RemoteScorer": ".client",
+    "RemoteScorerError": ".client",
+    "create_app": ".server",
+    "serve": ".server",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
