@@ -9,6 +9,7 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -89,9 +90,7 @@ class ModelRunner:
         cache = _new_cache(self._loaded.model.config)
         ids = torch.tensor([list(prefix)], dtype=torch.long, device=self._loaded.device)
         self._forward(input_ids=ids, use_cache=True, **{self._cache_kw: cache})  # fills the cache in place
-        if hasattr(cache, "layers"):
-            return [(layer.keys, layer.values) for layer in cache.layers]
-        return list(zip(cache.key_cache, cache.value_cache))  # transformers < 4.56
+        return [(layer.keys, layer.values) for layer in cache.layers]
 
     @torch.inference_mode()
     def run_with_prefix(self, state: PrefixState, batch: Sequence[EncodedPair]) -> torch.Tensor:
@@ -131,13 +130,10 @@ def _pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torc
     return ids, mask, lengths
 
 
-def _new_cache(config: object) -> object:
+def _new_cache(config: Any) -> Any:
     from transformers import DynamicCache
 
-    try:
-        return DynamicCache(config=config)
-    except TypeError:  # older signature
-        return DynamicCache()
+    return DynamicCache(config=config)
 
 
 def _compiled(loaded: LoadedModel, backbone: torch.nn.Module) -> torch.nn.Module:
