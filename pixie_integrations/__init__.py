@@ -9,10 +9,10 @@ scorer over HTTP and holds ``RemoteScorer``, a client the LangChain and LlamaInd
 
 from __future__ import annotations
 
-import importlib
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from ._lazy import lazy_exports
 from .template import DEFAULT_INSTRUCTION, format_document, format_query
 
 if TYPE_CHECKING:
@@ -47,17 +47,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module, __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, __all__)
 
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())

@@ -16,6 +16,7 @@ from .loading import LoadedModel, load_model
 from .ranking import RankResult, check_top_n, rank_by_score
 from .runner import ModelRunner, PrefixState
 from .template import DEFAULT_INSTRUCTION
+from .validation import check_documents, check_pairs, check_query
 
 __all__ = ["DEFAULT_MODEL", "PixieScorer", "RankResult"]
 
@@ -183,8 +184,8 @@ class PixieScorer:
             One Python float per document, in input order: the probability of relevance, the number the model
             card's ``CrossEncoder.predict`` prints.
         """
-        _check_query(query)
-        docs = _check_documents(documents)
+        check_query(query)
+        docs = check_documents(documents)
         return self._score(((query, d) for d in docs), len(docs), instruction=instruction, raw=raw)
 
     def score_pairs(
@@ -195,16 +196,7 @@ class PixieScorer:
         raw: bool = False,
     ) -> list[float]:
         """Score (query, document) pairs whose queries differ. Same return as :meth:`score`, in pair order."""
-        checked: list[tuple[str, str]] = []
-        for i, pair in enumerate(pairs):
-            if isinstance(pair, str) or len(pair) != 2:
-                raise TypeError(f"pairs[{i}] must be a (query, document) pair, got {type(pair).__name__}")
-            query, document = pair
-            if not isinstance(query, str):
-                raise TypeError(f"pairs[{i}][0] (the query) must be a str, not {type(query).__name__}")
-            if not isinstance(document, str):
-                raise TypeError(f"pairs[{i}][1] (the document) must be a str, not {type(document).__name__}")
-            checked.append((query, document))
+        checked = check_pairs(pairs)
         return self._score(iter(checked), len(checked), instruction=instruction, raw=raw)
 
     def rank(
@@ -318,18 +310,3 @@ class PixieScorer:
             return torch.cat(
                 [self._forward_splitting(batch[:half], state), self._forward_splitting(batch[half:], state)]
             )
-
-
-def _check_query(query: object) -> None:
-    if not isinstance(query, str):
-        raise TypeError(f"query must be a str, not {type(query).__name__}")
-
-
-def _check_documents(documents: object) -> list[str]:
-    if isinstance(documents, str):
-        raise TypeError("documents must be a sequence of str, not a single str")
-    docs = list(documents)  # type: ignore[call-overload]
-    for i, doc in enumerate(docs):
-        if not isinstance(doc, str):
-            raise TypeError(f"documents[{i}] must be a str, not {type(doc).__name__}")
-    return docs

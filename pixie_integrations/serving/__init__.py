@@ -12,9 +12,10 @@ Needs ``pip install "pixie-integrations[serve]"``. See docs/serving.md.
 
 from __future__ import annotations
 
-import importlib
 import importlib.util
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from .._lazy import lazy_exports
 
 # Checked, not imported: `pixie-rerank --help` imports this package (for the serve command) and must stay fast.
 _MISSING = [name for name in ("fastapi", "httpx") if importlib.util.find_spec(name) is None]
@@ -38,14 +39,4 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module, __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, __all__)

@@ -27,6 +27,7 @@ import httpx
 from .. import __version__
 from ..ranking import RankResult, check_top_n, rank_by_score
 from ..template import DEFAULT_INSTRUCTION, format_document, format_query
+from ..validation import check_documents, check_pairs, check_query
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -127,8 +128,8 @@ class RemoteScorer:
             raw: Return the logit instead of the probability. With ``api="vllm"`` it is computed here from the
                 probability vLLM returns (``log p - log(1 - p)``): as exact as that float, infinite where it is 0 or 1.
         """
-        _check_query(query)
-        docs = _check_documents(documents)
+        check_query(query)
+        docs = check_documents(documents)
         if not docs:
             return []
         instr = self._instruction(instruction)
@@ -145,7 +146,7 @@ class RemoteScorer:
         raw: bool = False,
     ) -> list[float]:
         """Score (query, document) pairs whose queries differ. Same return as :meth:`score`, in pair order."""
-        checked = _check_pairs(pairs)
+        checked = check_pairs(pairs)
         if not checked:
             return []
         instr = self._instruction(instruction)
@@ -307,32 +308,3 @@ def _logit(p: float) -> float:
     if p >= 1.0:
         return math.inf
     return math.log(p) - math.log1p(-p)
-
-
-def _check_query(query: object) -> None:
-    if not isinstance(query, str):
-        raise TypeError(f"query must be a str, not {type(query).__name__}")
-
-
-def _check_documents(documents: object) -> list[str]:
-    if isinstance(documents, str):
-        raise TypeError("documents must be a sequence of str, not a single str")
-    docs = list(documents)  # type: ignore[call-overload]
-    for i, doc in enumerate(docs):
-        if not isinstance(doc, str):
-            raise TypeError(f"documents[{i}] must be a str, not {type(doc).__name__}")
-    return docs
-
-
-def _check_pairs(pairs: Iterable[tuple[str, str] | Sequence[str]]) -> list[tuple[str, str]]:
-    checked: list[tuple[str, str]] = []
-    for i, pair in enumerate(pairs):
-        if isinstance(pair, str) or len(pair) != 2:
-            raise TypeError(f"pairs[{i}] must be a (query, document) pair, got {type(pair).__name__}")
-        query, document = pair
-        if not isinstance(query, str):
-            raise TypeError(f"pairs[{i}][0] (the query) must be a str, not {type(query).__name__}")
-        if not isinstance(document, str):
-            raise TypeError(f"pairs[{i}][1] (the document) must be a str, not {type(document).__name__}")
-        checked.append((query, document))
-    return checked
