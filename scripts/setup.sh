@@ -7,8 +7,14 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 . .venv/bin/activate
-python -m pip install -q --upgrade pip
+[ -f .venv/.pixie-setup ] || python -m pip install -q --upgrade pip
 # Pin torch first: an unpinned torch pulls a multi-GB CUDA build. On a GPU machine, install the torch build
 # for your CUDA before running this script and it is kept.
 python -c "import torch" 2>/dev/null || python -m pip install -q "torch==${TORCH_VERSION:-2.13.0}"
-python -m pip install -q -e ".[test]"
+# Re-install only when pyproject.toml changed since the last successful setup.
+stamp=.venv/.pixie-setup
+want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  python -m pip install -q -e ".[test]"
+  echo "$want" > "$stamp"
+fi
