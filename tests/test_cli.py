@@ -37,3 +37,14 @@ def test_help_is_fast_and_lists_the_commands() -> None:
         assert command in result.stdout
     check = "import sys, pixie_integrations.cli as c; c.build_parser(); print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", check], capture_output=True, text=True).stdout.strip() == "False"
+
+
+def test_quickstart_example_runs_offline(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import runpy
+
+    monkeypatch.setattr(sys, "argv", ["quickstart.py", "--tiny", "--dtype", "float32"])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_path(str(Path(__file__).parent.parent / "examples" / "quickstart.py"), run_name="__main__")
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "scores: [" in out and out.count("  0.") == 3 and "with a domain instruction" in out
