@@ -3,7 +3,8 @@
 A drop-in for ``SentenceTransformersSimilarityRanker``: connect it after a retriever
 (``p.connect("retriever.documents", "ranker.documents")``). It scores with the shared
 :class:`~pixie_integrations.PixieScorer`, so it gives the model card's exact scores and shares loaded weights with
-every other adapter in the process.
+every other adapter in the process. With ``api_base_url`` it scores on a server instead (``pixie-rerank serve``, or
+vLLM with ``api="vllm"``) through :class:`~pixie_integrations.serving.RemoteScorer`, and loads no model.
 """
 
 # No ``from __future__ import annotations``: Haystack reads the run() signature with ``inspect.signature`` to build
@@ -16,7 +17,7 @@ import logging
 import math
 import os
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 try:
     from haystack import Document, component, default_from_dict, default_to_dict
@@ -33,6 +34,9 @@ from .loading import resolve_dtype
 from .scorer import DEFAULT_MODEL, PixieScorer
 from .template import DEFAULT_INSTRUCTION
 
+if TYPE_CHECKING:
+    from .serving.client import RemoteScorer
+
 __all__ = ["PixieRanker"]
 
 logger = logging.getLogger(__name__)
@@ -42,6 +46,11 @@ logger = logging.getLogger(__name__)
 _WARM_UP_LOCK = threading.Lock()
 # model_kwargs keys that name the weight dtype; the scorer takes the dtype as its own argument.
 _DTYPE_KWARGS = ("dtype", "torch_dtype")
+# The servers RemoteScorer speaks to (pixie_integrations.serving.client._APIS; repeated so that init can check
+# ``api`` without importing the serving extra).
+_APIS = ("pixie", "vllm")
+# Settings that only shape a locally loaded model: with api_base_url the server's own settings apply instead.
+_LOCAL_ONLY = ("device", "dtype", "max_length", "batch_size", "token_budget", "model_kwargs", "tokenizer_kwargs")
 
 
 def _dtype_name(dtype: str | torch.dtype | None) -> str | None:
@@ -88,6 +97,41 @@ def _deduplicate(documents: list[Document], texts: list[str], scores: dict[str, 
     return [(score, doc) for score, _, doc in best.values()]
 
 
+def _check_remote(
+    api_base_url: str | None,
+    api: str,
+    api_key: Secret | None,
+    *,
+    local: dict[str, Any],
+    trust_remote_code: bool,
+) -> None:
+    """Validate the remote-scoring settings at init, and refuse local-model settings that a server would ignore."""
+    if api not in _APIS:
+        raise ValueError(f"api must be one of {_APIS}, got {api!r}")
+    if api_key is not None and not isinstance(api_key, Secret):
+        raise TypeError(
+            f"api_key must be a haystack Secret or None, not {type(api_key).__name__} "
+            '(Secret.from_env_var("PIXIE_API_KEY") keeps the key out of saved pipelines)'
+        )
+    if api_base_url is None:
+        if api != "pixie":
+            raise ValueError(f"api={api!r} only applies with api_base_url; set api_base_url to the server's URL.")
+        return
+    if not isinstance(api_base_url, str) or not api_base_url.startswith(("http://", "https://")):
+        raise ValueError(f"api_base_url must be an http:// or https:// URL, got {api_base_url!r}")
+    ignored = [name for name in _LOCAL_ONLY if local[name] is not None]
+    if trust_remote_code:
+        ignored.append("trust_remote_code")
+    if ignored:
+        # The server loaded its model with its own settings: these would be silently ignored, so refuse them.
+        raise ValueError(
+            f"{', '.join(ignored)} only apply to a model loaded in this process; with api_base_url the server's "
+            "settings apply (set them where the server is started)."
+        )
+    # Fail at init, not at the first run, when the client's dependencies are missing.
+    from .serving.client import RemoteScorer  # noqa: F401
+
+
 @component
 class PixieRanker:
     """Reranks documents by relevance to the query with PIXIE-Spell-Reranker (or any Qwen3-Reranker / cross-encoder).
@@ -109,6 +153,9 @@ class PixieRanker:
 
     ``run`` before ``warm_up`` loads the model lazily (a Pipeline calls ``warm_up`` for you). Instances asking for
     the same model, device and dtype share one copy of the weights, also with the LangChain and LlamaIndex adapters.
+
+    With ``api_base_url="http://host:8000"`` the scores come from a server (``pixie-rerank serve``; vLLM with
+    ``api="vllm"``) and no model is loaded in this process; ``run`` is otherwise the same.
     """
 
     def __init__(
@@ -130,11 +177,15 @@ class PixieRanker:
         trust_remote_code: bool = False,
         model_kwargs: dict[str, Any] | None = None,
         tokenizer_kwargs: dict[str, Any] | None = None,
+        api_base_url: str | None = None,
+        api: str = "pixie",
+        api_key: Secret | None = Secret.from_env_var("PIXIE_API_KEY", strict=False),  # noqa: B008
     ) -> None:
         """
         Create a PixieRanker. Nothing is loaded until :meth:`warm_up` (or the first :meth:`run`).
 
-        :param model: Hugging Face Hub id or local folder of the reranker checkpoint.
+        :param model: Hugging Face Hub id or local folder of the reranker checkpoint. With ``api_base_url``: the
+            served model's name, sent with every request (a server serving another name answers HTTP 404).
         :param device: The device to run on, e.g. ``ComponentDevice.from_str("cuda:0")``. ``None``: cuda, then mps,
             then cpu, chosen at warm-up (so a saved pipeline does not pin the machine it was saved on).
         :param token: Hugging Face token for private or gated checkpoints. Serialized as the names of its
@@ -158,8 +209,21 @@ class PixieRanker:
         :param model_kwargs: Extra keyword arguments for the model's ``from_pretrained``. A ``torch_dtype`` or
             ``dtype`` here is taken as ``dtype``.
         :param tokenizer_kwargs: Extra keyword arguments for ``AutoTokenizer.from_pretrained``.
-        :raises ValueError: If ``top_k``, ``batch_size`` or ``token_budget`` is not > 0, ``dtype`` is unknown, or
-            ``device`` is a multi-device map.
+        :param api_base_url: Root URL of a scoring server, e.g. ``"http://127.0.0.1:8000"`` (without ``/v1``).
+            Set: :meth:`warm_up` creates a :class:`~pixie_integrations.serving.RemoteScorer` instead of loading a
+            model, and the server's own device, dtype and length limit apply. Needs the ``serve`` extra.
+            ``None``: the model runs in this process.
+        :param api: ``"pixie"`` for ``pixie-rerank serve``; ``"vllm"`` for vLLM serving a PIXIE-template reranker
+            (the client then writes the prompt template). Only used with ``api_base_url``.
+        :param api_key: Sent as ``Authorization: Bearer <key>`` to a server started with an API key; nothing is
+            sent when it resolves to no value. Serialized as the names of its environment variables, never as a
+            value. Only used with ``api_base_url``.
+        :raises ValueError: If ``top_k``, ``batch_size`` or ``token_budget`` is not > 0, ``dtype`` is unknown,
+            ``device`` is a multi-device map, ``api`` is unknown or ``api_base_url`` is not an http(s) URL, or
+            ``api_base_url`` is combined with a setting that only applies to a local model (``device``, ``dtype``,
+            ``max_length``, ``batch_size``, ``token_budget``, ``model_kwargs``, ``tokenizer_kwargs``,
+            ``trust_remote_code=True``), or ``api`` is set without it.
+        :raises ImportError: If ``api_base_url`` is set and the ``serve`` extra is not installed.
         """
         if top_k <= 0:
             raise ValueError(f"top_k must be > 0, but got {top_k}")
@@ -173,6 +237,21 @@ class PixieRanker:
             raise ValueError("PixieRanker runs on a single device; pass ComponentDevice.from_str(...), not a map.")
         if instruction is not None and not isinstance(instruction, str):
             raise TypeError(f"instruction must be a str or None, not {type(instruction).__name__}")
+        _check_remote(
+            api_base_url,
+            api,
+            api_key,
+            local={
+                "device": device,
+                "dtype": dtype,
+                "max_length": max_length,
+                "batch_size": batch_size,
+                "token_budget": token_budget,
+                "model_kwargs": model_kwargs,
+                "tokenizer_kwargs": tokenizer_kwargs,
+            },
+            trust_remote_code=trust_remote_code,
+        )
 
         self.model = os.fspath(model)
         self.device = device
@@ -190,20 +269,36 @@ class PixieRanker:
         self.trust_remote_code = trust_remote_code
         self.model_kwargs = model_kwargs
         self.tokenizer_kwargs = tokenizer_kwargs
+        self.api_base_url = api_base_url
+        self.api = api
+        self.api_key = api_key
         _split_dtype(self.dtype, model_kwargs)  # fail now, not at warm-up, on a dtype conflict
-        self._scorer: PixieScorer | None = None
+        self._scorer: PixieScorer | RemoteScorer | None = None
 
     @property
-    def scorer(self) -> PixieScorer | None:
-        """The shared scorer once warmed up (``None`` before); use it to score outside the pipeline."""
+    def scorer(self) -> "PixieScorer | RemoteScorer | None":
+        """The scorer once warmed up (``None`` before); use it to score outside the pipeline.
+
+        The shared :class:`~pixie_integrations.PixieScorer`, or with ``api_base_url`` the
+        :class:`~pixie_integrations.serving.RemoteScorer` that talks to the server.
+        """
         return self._scorer
 
     def warm_up(self) -> None:
-        """Load the model, once: later calls return at once (a Pipeline calls this at every run)."""
+        """Load the model, once: later calls return at once (a Pipeline calls this at every run).
+
+        With ``api_base_url`` it creates the :class:`~pixie_integrations.serving.RemoteScorer` instead and sends no
+        request: a server that is down or refuses the key is reported by ``run`` as a
+        :class:`~pixie_integrations.serving.RemoteScorerError`, so a pipeline can be built and warmed up before its
+        server is.
+        """
         if self._scorer is not None:
             return
         with _WARM_UP_LOCK:
             if self._scorer is not None:
+                return
+            if self.api_base_url is not None:
+                self._scorer = self._remote_scorer()
                 return
             dtype, model_kwargs = _split_dtype(self.dtype, self.model_kwargs)
             self._scorer = PixieScorer(
@@ -226,8 +321,33 @@ class PixieRanker:
         if self._scorer is None:
             await asyncio.to_thread(self.warm_up)
 
+    def close(self) -> None:
+        """Close a remote scorer's connections (``Pipeline.close`` calls this); the next run reconnects.
+
+        A local model is left loaded: its weights are shared with every other ranker and adapter in the process.
+        """
+        with _WARM_UP_LOCK:
+            scorer = self._scorer
+            if self.api_base_url is None or scorer is None:
+                return
+            self._scorer = None
+        scorer.close()  # type: ignore[union-attr]
+
+    def _remote_scorer(self) -> "RemoteScorer":
+        from .serving.client import RemoteScorer
+
+        key = self.api_key.resolve_value() if self.api_key is not None else None
+        assert self.api_base_url is not None
+        return RemoteScorer(
+            self.api_base_url,
+            api=self.api,  # type: ignore[arg-type]  # checked at init
+            model=self.model,
+            instruction=self.instruction if self.instruction is not None else DEFAULT_INSTRUCTION,
+            headers={"Authorization": f"Bearer {key}"} if key else None,
+        )
+
     def to_dict(self) -> dict[str, Any]:
-        """Serialize the component's init parameters (the token as environment-variable names only)."""
+        """Serialize the component's init parameters (the token and API key as environment-variable names only)."""
         model_kwargs = copy.deepcopy(self.model_kwargs)  # serialize a copy: the live kwargs keep their torch dtypes
         if model_kwargs is not None:
             serialize_hf_model_kwargs(model_kwargs)
@@ -249,6 +369,9 @@ class PixieRanker:
             trust_remote_code=self.trust_remote_code,
             model_kwargs=model_kwargs,
             tokenizer_kwargs=self.tokenizer_kwargs,
+            api_base_url=self.api_base_url,
+            api=self.api,
+            api_key=self.api_key,
         )
 
     @classmethod
@@ -335,7 +458,10 @@ class PixieRanker:
             if not isinstance(doc, Document):
                 raise TypeError(f"documents[{i}] must be a haystack Document, not {type(doc).__name__}")
         if self._scorer is None:
-            logger.info("PixieRanker.run called before warm_up(); loading %s now.", self.model)
+            if self.api_base_url is None:
+                logger.info("PixieRanker.run called before warm_up(); loading %s now.", self.model)
+            else:
+                logger.info("PixieRanker.run called before warm_up(); connecting to %s now.", self.api_base_url)
             self.warm_up()
         assert self._scorer is not None
         texts = [self._text(doc) for doc in documents]

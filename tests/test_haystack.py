@@ -7,8 +7,13 @@ import copy
 import inspect
 import math
 import os
+import socket
 import subprocess
 import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +24,11 @@ os.environ.setdefault("HAYSTACK_TELEMETRY_ENABLED", "False")  # no network: keep
 import torch
 from haystack import DeserializationError, Document, Pipeline
 from haystack.components.retrievers.in_memory import InMemoryBM25Retriever
+from haystack.core.errors import PipelineRuntimeError
 from haystack.document_stores.in_memory import InMemoryDocumentStore
 from haystack.utils import ComponentDevice, Secret
 
-from pixie_integrations import DEFAULT_INSTRUCTION, DEFAULT_MODEL, PixieScorer
+from pixie_integrations import DEFAULT_INSTRUCTION, DEFAULT_MODEL, PixieScorer, format_document, format_query
 from pixie_integrations.haystack import PixieRanker
 
 QUERY = "Which company analyses satellite data for agriculture and defence?"
@@ -443,3 +449,386 @@ def test_example_runs_offline_with_tiny(monkeypatch: pytest.MonkeyPatch, capsys:
     assert "the ranker kept:" in out
     assert "Async run gives the same ranking: True" in out
     assert "token value inside: False) gives the same ranking: True" in out
+
+
+# -- remote scoring: PixieRanker(api_base_url=...) against real servers on loopback --------------------------------
+START_TIMEOUT_S = 20.0
+REMOTE_INSTRUCTION = "Given an aerospace question, retrieve passages about satellite operators"
+STAND_IN_MODEL = "stand-in/pixie-seq-cls"
+
+
+@contextmanager
+def _running(app: Any) -> Iterator[str]:
+    """Serve ``app`` with uvicorn in a background thread on a free loopback port, as tests/test_serving.py does."""
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))  # the OS picks a free port; handing uvicorn the socket leaves no race
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the test server did not start")
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
+
+
+def _needs_serving() -> None:
+    for name in ("fastapi", "httpx", "uvicorn"):
+        pytest.importorskip(name)
+
+
+@pytest.fixture(scope="module")
+def server_url(tiny_scorer: PixieScorer) -> Iterator[str]:
+    """``pixie-rerank serve``'s app around the tiny float32 CPU scorer; it serves the model under its folder path."""
+    _needs_serving()
+    from pixie_integrations.serving import create_app
+
+    with _running(create_app(tiny_scorer)) as url:
+        yield url
+
+
+@pytest.fixture
+def no_api_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PIXIE_API_KEY", raising=False)
+
+
+def _forbid_local_models(monkeypatch: pytest.MonkeyPatch) -> None:
+    """From here on, a PixieRanker that tries to load a model in this process fails the test."""
+    import pixie_integrations.haystack as module
+
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("a PixieRanker with api_base_url must not load a local model")
+
+    monkeypatch.setattr(module, "PixieScorer", refuse)
+
+
+def _remote(url: str, tiny_reranker: Path, **kwargs: Any) -> PixieRanker:
+    return PixieRanker(model=str(tiny_reranker), api_base_url=url, **kwargs)
+
+
+def _ranked(result: dict[str, Any]) -> list[tuple[str, float]]:
+    return [(d.id, d.score) for d in result["ranker"]["documents"]]
+
+
+def _assert_same(got: list[tuple[str, float]], want: list[tuple[str, float]], abs: float = 1e-6) -> None:
+    assert got, "nothing ranked"
+    assert [i for i, _ in got] == [i for i, _ in want]
+    assert [s for _, s in got] == pytest.approx([s for _, s in want], abs=abs)
+    assert all(type(s) is float for _, s in got)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_remote_parameters_default_to_local_scoring() -> None:
+    init = inspect.signature(PixieRanker.__init__)
+    assert init.parameters["api_base_url"].default is None
+    assert init.parameters["api"].default == "pixie"
+    env_key = {"type": "env_var", "env_vars": ["PIXIE_API_KEY"], "strict": False}
+    assert init.parameters["api_key"].default.to_dict() == env_key
+    params = PixieRanker().to_dict()["init_parameters"]
+    assert (params["api_base_url"], params["api"], params["api_key"]) == (None, "pixie", env_key)
+
+
+def test_remote_init_refuses_settings_the_server_would_ignore(tiny_reranker: Path) -> None:
+    _needs_serving()
+    url = "http://127.0.0.1:8000"
+    for setting in (
+        {"device": ComponentDevice.from_str("cpu")},
+        {"dtype": "float32"},
+        {"max_length": 128},
+        {"batch_size": 4},
+        {"token_budget": 1024},
+        {"model_kwargs": {"attn_implementation": "sdpa"}},
+        {"tokenizer_kwargs": {"use_fast": True}},
+        {"trust_remote_code": True},
+    ):
+        (name,) = setting
+        with pytest.raises(ValueError, match=f"^{name} only apply to a model loaded in this process"):
+            _remote(url, tiny_reranker, **setting)
+    with pytest.raises(ValueError, match="api must be one of"):
+        _remote(url, tiny_reranker, api="tei")
+    with pytest.raises(ValueError, match="api must be one of"):
+        PixieRanker(api="tei")
+    with pytest.raises(ValueError, match="only applies with api_base_url"):
+        PixieRanker(api="vllm")
+    with pytest.raises(ValueError, match="api_base_url must be an http"):
+        PixieRanker(api_base_url="127.0.0.1:8000")
+    with pytest.raises(TypeError, match="Secret"):
+        _remote(url, tiny_reranker, api_key="plain text")
+    # the HF token (whose default is env var names) is simply unused; building sends no request
+    ranker = _remote(url, tiny_reranker, token=Secret.from_env_var("HF_TOKEN", strict=False), api="vllm", api_key=None)
+    assert (ranker.api_base_url, ranker.api, ranker.api_key, ranker.scorer) == (url, "vllm", None, None)
+
+
+def test_remote_scoring_without_the_serve_extra_names_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "fastapi", None)  # None in sys.modules: the package counts as missing
+    for name in list(sys.modules):
+        if name == "pixie_integrations.serving" or name.startswith("pixie_integrations.serving."):
+            monkeypatch.delitem(sys.modules, name)
+    with pytest.raises(ImportError, match=r'pip install "pixie-integrations\[serve\]"'):
+        PixieRanker(api_base_url="http://127.0.0.1:8000")
+    assert PixieRanker().api_base_url is None  # local scoring does not need it
+
+
+def test_remote_pipeline_equals_a_local_one(
+    server_url: str,
+    cpu_kwargs: dict[str, Any],
+    docs: list[Document],
+    tiny_reranker: Path,
+    no_api_key: None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from pixie_integrations.serving import RemoteScorer
+
+    local = _pipeline(PixieRanker(**cpu_kwargs, top_k=3, instruction=REMOTE_INSTRUCTION), docs)
+    local.warm_up()
+    local_plain = PixieRanker(**cpu_kwargs, top_k=8)
+    local_plain.warm_up()
+    _forbid_local_models(monkeypatch)
+    ranker = _remote(server_url, tiny_reranker, top_k=3, instruction=REMOTE_INSTRUCTION)
+    remote = _pipeline(ranker, docs)
+
+    got = remote.run(_inputs(), include_outputs_from={"retriever"})
+    want = local.run(_inputs(), include_outputs_from={"retriever"})
+    assert [d.id for d in got["retriever"]["documents"]] == [d.id for d in want["retriever"]["documents"]]
+    _assert_same(_ranked(got), _ranked(want))
+    assert len(_ranked(got)) == 3
+
+    scorer = ranker.scorer
+    assert isinstance(scorer, RemoteScorer)
+    assert (scorer.base_url, scorer.api, scorer.model_name) == (server_url, "pixie", str(tiny_reranker))
+    assert scorer.instruction == REMOTE_INSTRUCTION
+    assert remote.run(_inputs()) and ranker.scorer is scorer  # warm_up at every run keeps the one client
+
+    # run-time overrides go through unchanged, scale_score=False included (the server's raw logits)
+    raw = _ranked(remote.run(_inputs(scale_score=False, top_k=5)))
+    _assert_same(raw, _ranked(local.run(_inputs(scale_score=False, top_k=5))))
+    probabilities = _ranked(remote.run(_inputs(top_k=5)))
+    assert [1 / (1 + math.exp(-s)) for _, s in raw] == pytest.approx([s for _, s in probabilities], abs=1e-6)
+    middle = (probabilities[1][1] + probabilities[2][1]) / 2
+    assert [i for i, _ in _ranked(remote.run(_inputs(score_threshold=middle, top_k=5)))] == [
+        i for i, _ in probabilities[:2]
+    ]
+
+    # outside a pipeline too, and the default instruction when none is set
+    plain = _remote(server_url, tiny_reranker, top_k=8)
+    _assert_same(
+        [(d.id, d.score) for d in plain.run(query=QUERY, documents=docs)["documents"]],
+        [(d.id, d.score) for d in local_plain.run(query=QUERY, documents=docs)["documents"]],
+    )
+    assert plain.scorer.instruction == DEFAULT_INSTRUCTION  # type: ignore[union-attr]
+    assert plain.run(query=QUERY, documents=[]) == {"documents": []}
+
+
+async def test_remote_run_async_equals_local(
+    server_url: str,
+    cpu_kwargs: dict[str, Any],
+    docs: list[Document],
+    tiny_reranker: Path,
+    no_api_key: None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    local = PixieRanker(**cpu_kwargs, top_k=4, scale_score=False)
+    local.warm_up()
+    _forbid_local_models(monkeypatch)
+    ranker = _remote(server_url, tiny_reranker, top_k=4, scale_score=False)
+    await ranker.warm_up_async()
+    got = await ranker.run_async(query=QUERY, documents=docs)
+    want = local.run(query=QUERY, documents=docs)
+    _assert_same([(d.id, d.score) for d in got["documents"]], [(d.id, d.score) for d in want["documents"]])
+
+    p = _pipeline(_remote(server_url, tiny_reranker, top_k=3), docs)
+    result = await p.run_async(_inputs())
+    _assert_same(_ranked(result), _ranked(p.run(_inputs())))
+
+
+def test_remote_pipeline_survives_dumps_and_loads(
+    server_url: str,
+    cpu_kwargs: dict[str, Any],
+    docs: list[Document],
+    tiny_reranker: Path,
+    no_api_key: None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    local = _pipeline(PixieRanker(**cpu_kwargs, top_k=3), docs)
+    want = _ranked(local.run(_inputs()))
+    _forbid_local_models(monkeypatch)
+    p = _pipeline(_remote(server_url, tiny_reranker, top_k=3), docs)
+    yaml = p.dumps()
+    assert server_url in yaml and "PIXIE_API_KEY" in yaml and "pixie_integrations.haystack.PixieRanker" in yaml
+
+    loaded = Pipeline.loads(yaml, allowed_modules=["pixie_integrations"])
+    ranker = loaded.get_component("ranker")
+    assert isinstance(ranker, PixieRanker)
+    assert (ranker.api_base_url, ranker.api, ranker.model) == (server_url, "pixie", str(tiny_reranker))
+    assert ranker.api_key == Secret.from_env_var("PIXIE_API_KEY", strict=False)
+    assert ranker.to_dict() == p.get_component("ranker").to_dict()
+    _assert_same(_ranked(loaded.run(_inputs())), want)
+    _assert_same(_ranked(p.run(_inputs())), want)
+
+    vllm = _remote(server_url, tiny_reranker, api="vllm", api_key=Secret.from_env_var(["MY_KEY", "PIXIE_API_KEY"]))
+    restored = PixieRanker.from_dict(vllm.to_dict())
+    assert (restored.api, restored.api_key) == ("vllm", vllm.api_key)
+
+
+def test_api_key_is_sent_from_the_environment_and_never_saved(
+    tiny_scorer: PixieScorer, tiny_reranker: Path, docs: list[Document], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _needs_serving()
+    from pixie_integrations.serving import RemoteScorerError, create_app
+
+    secret = "s3cret-rerank-key"
+    want = sorted(tiny_scorer.score(QUERY, TEXTS), reverse=True)[:3]
+    with _running(create_app(tiny_scorer, api_key=secret)) as url:
+        monkeypatch.setenv("PIXIE_API_KEY", secret)
+        p = _pipeline(_remote(url, tiny_reranker, top_k=3), docs)
+        got = _ranked(p.run(_inputs()))
+        assert len(got) == 3
+        yaml = p.dumps()
+        assert secret not in yaml and "PIXIE_API_KEY" in yaml
+        loaded = Pipeline.loads(yaml, allowed_modules=["pixie_integrations"])
+        _assert_same(_ranked(loaded.run(_inputs())), got)
+
+        # any variable name; the key itself is never in the dict
+        monkeypatch.delenv("PIXIE_API_KEY")
+        monkeypatch.setenv("MY_RERANK_KEY", secret)
+        custom = _remote(url, tiny_reranker, top_k=3, api_key=Secret.from_env_var("MY_RERANK_KEY"))
+        scores = [d.score for d in custom.run(query=QUERY, documents=docs)["documents"]]
+        assert scores == pytest.approx(want, abs=1e-6)
+        assert secret not in str(custom.to_dict()) and "MY_RERANK_KEY" in str(custom.to_dict())
+
+        # no key: warm_up sends nothing, run reports the server's refusal
+        keyless = _remote(url, tiny_reranker)
+        keyless.warm_up()
+        with pytest.raises(RemoteScorerError, match="HTTP 401.*API key") as info:
+            keyless.run(query=QUERY, documents=docs)
+        assert info.value.status_code == 401
+
+        # a key value runs, but (by Haystack's design) refuses to be saved
+        plain = _remote(url, tiny_reranker, top_k=3, api_key=Secret.from_token(secret))
+        scores = [d.score for d in plain.run(query=QUERY, documents=docs)["documents"]]
+        assert scores == pytest.approx(want, abs=1e-6)
+        with pytest.raises(ValueError, match="Cannot serialize token-based secret"):
+            plain.to_dict()
+
+
+async def test_a_server_that_is_not_running_fails_at_run_not_at_warm_up(
+    tiny_reranker: Path, docs: list[Document], no_api_key: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _needs_serving()
+    from pixie_integrations.serving import RemoteScorerError
+
+    _forbid_local_models(monkeypatch)
+    url = f"http://127.0.0.1:{_free_port()}"  # bound then closed: nothing listens there
+    ranker = _remote(url, tiny_reranker)
+    ranker.warm_up()  # builds the client, sends nothing: a pipeline can be warmed up before its server is up
+    assert ranker.scorer is not None
+    with pytest.raises(RemoteScorerError, match=f"not reachable at {url}/score") as info:
+        ranker.run(query=QUERY, documents=docs)
+    assert (info.value.url, info.value.status_code) == (f"{url}/score", None)
+    with pytest.raises(RemoteScorerError, match="not reachable"):
+        await ranker.run_async(query=QUERY, documents=docs)
+
+    p = _pipeline(_remote(url, tiny_reranker), docs)
+    with pytest.raises(PipelineRuntimeError, match=f"not reachable at {url}/score") as wrapped:
+        p.run(_inputs())
+    assert isinstance(wrapped.value.__cause__, RemoteScorerError)
+
+
+def test_a_model_the_server_does_not_serve_is_reported(server_url: str, docs: list[Document], no_api_key: None) -> None:
+    from pixie_integrations.serving import RemoteScorerError
+
+    ranker = PixieRanker(api_base_url=server_url)  # the default model name; the server serves the tiny folder
+    with pytest.raises(RemoteScorerError, match="HTTP 404") as info:
+        ranker.run(query=QUERY, documents=docs)
+    assert DEFAULT_MODEL in str(info.value) and info.value.status_code == 404
+
+
+def test_close_releases_the_connections_and_the_next_run_reconnects(
+    server_url: str, cpu_kwargs: dict[str, Any], docs: list[Document], tiny_reranker: Path, no_api_key: None
+) -> None:
+    ranker = _remote(server_url, tiny_reranker, top_k=3)
+    p = _pipeline(ranker, docs)
+    first = _ranked(p.run(_inputs()))
+    scorer = ranker.scorer
+    assert scorer is not None
+    p.close()  # Haystack's Pipeline.close() calls each component's close()
+    assert ranker.scorer is None and scorer._client.is_closed  # type: ignore[union-attr]
+    _assert_same(_ranked(p.run(_inputs())), first)
+    assert ranker.scorer is not None and ranker.scorer is not scorer
+    ranker.close()
+    ranker.close()  # idempotent
+
+    local = PixieRanker(**cpu_kwargs)
+    local.warm_up()
+    loaded = local.scorer
+    local.close()  # a local model stays: its weights are shared
+    assert local.scorer is loaded
+
+
+class _VllmStandIn:
+    """vLLM's ``POST /score`` for a seq-cls reranker: it scores (text_1, text_2) as given, nothing added."""
+
+    def __init__(self, model_path: Path) -> None:
+        from sentence_transformers import CrossEncoder
+        from starlette.applications import Starlette
+        from starlette.responses import JSONResponse
+        from starlette.routing import Route
+
+        self.model = CrossEncoder(str(model_path), device="cpu")
+        self.requests: list[dict[str, Any]] = []
+
+        async def score(request: Any) -> JSONResponse:
+            body = await request.json()
+            self.requests.append(body)
+            text_1 = [body["text_1"]] if isinstance(body["text_1"], str) else body["text_1"]
+            pairs = [[text_1[0] if len(text_1) == 1 else text_1[i], t2] for i, t2 in enumerate(body["text_2"])]
+            scores = self.model.predict(pairs, batch_size=32, show_progress_bar=False)
+            data = [{"index": i, "object": "score", "score": float(s)} for i, s in enumerate(scores)]
+            return JSONResponse({"id": "score-1", "object": "list", "model": body.get("model"), "data": data})
+
+        self.app = Starlette(routes=[Route("/score", score, methods=["POST"])])
+
+
+def test_vllm_api_formats_the_template_and_equals_local(
+    cpu_kwargs: dict[str, Any],
+    docs: list[Document],
+    tiny_reranker: Path,
+    no_api_key: None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _needs_serving()
+    pytest.importorskip("sentence_transformers")
+    stand_in = _VllmStandIn(tiny_reranker)
+    local = _pipeline(PixieRanker(**cpu_kwargs, top_k=4, instruction=REMOTE_INSTRUCTION), docs)
+    want = local.run(_inputs(), include_outputs_from={"retriever"})
+    want_raw = _ranked(local.run(_inputs(scale_score=False)))
+    _forbid_local_models(monkeypatch)
+    with _running(stand_in.app) as url:
+        ranker = PixieRanker(
+            model=STAND_IN_MODEL, api_base_url=url, api="vllm", top_k=4, instruction=REMOTE_INSTRUCTION
+        )
+        p = _pipeline(ranker, docs)
+        got = _ranked(p.run(_inputs()))
+        _assert_same(got, _ranked(want), abs=1e-5)  # another implementation scoring the same tokens
+        (request,) = stand_in.requests
+        retrieved = [d.content for d in want["retriever"]["documents"]]
+        assert request["model"] == STAND_IN_MODEL
+        assert request["text_1"] == format_query(QUERY, REMOTE_INSTRUCTION)
+        assert sorted(request["text_2"]) == sorted(format_document(t) for t in retrieved)
+        assert "truncate_prompt_tokens" not in request
+        # scale_score=False: the logit, recovered on the client from vLLM's probability
+        _assert_same(_ranked(p.run(_inputs(scale_score=False))), want_raw, abs=1e-3)
