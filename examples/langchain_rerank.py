@@ -124,7 +124,7 @@ def run(model: str, device: str | None, dtype: str | None, query: str, top_n: in
     show("ContextualCompressionRetriever", compression.invoke(query))
 
 
-def print_tree(run, depth: int = 0) -> None:  # noqa: ANN001 - a langsmith RunTree or Run
+def print_tree(run, depth: int = 0) -> None:
     detail = ""
     if run.name == "PixieRerank":
         detail = f"  inputs={run.inputs}  scores={[round(s, 4) for s in (run.outputs or {}).get('scores', [])]}"

@@ -1,8 +1,8 @@
 """PixieScorer on the model card's Korean example: scores, a ranking, and a domain instruction.
 
-    python examples/quickstart.py                  # the real model (downloads it once)
-    python examples/quickstart.py --model ./pixie  # a local copy
-    python examples/quickstart.py --tiny           # offline: a tiny random model built here (scores are noise)
+python examples/quickstart.py                  # the real model (downloads it once)
+python examples/quickstart.py --model ./pixie  # a local copy
+python examples/quickstart.py --tiny           # offline: a tiny random model built here (scores are noise)
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ from typing import Any
 
 from .template import DEFAULT_INSTRUCTION, format_document, format_query
 
-__all__ = ["SHAPES", "WORKLOADS", "Workload", "build_workload", "build_random_model", "register", "run_benchmark"]
+__all__ = ["SHAPES", "WORKLOADS", "Workload", "build_random_model", "build_workload", "register", "run_benchmark"]
 
 logger = logging.getLogger(__name__)
 
@@ -46,25 +46,89 @@ class WorkloadSpec:
 
 WORKLOADS: dict[str, WorkloadSpec] = {
     "beir": WorkloadSpec(queries=20, docs_per_query=100, median_tokens=180, sigma=0.7, min_tokens=16, max_tokens=1024),
-    "latency": WorkloadSpec(queries=1, docs_per_query=100, median_tokens=180, sigma=0.7, min_tokens=16, max_tokens=1024),
+    "latency": WorkloadSpec(
+        queries=1, docs_per_query=100, median_tokens=180, sigma=0.7, min_tokens=16, max_tokens=1024
+    ),
     "long": WorkloadSpec(queries=4, docs_per_query=16, median_tokens=2000, sigma=0.8, min_tokens=256, max_tokens=8192),
 }
 
 # Qwen3 shapes: PIXIE's own (Qwen3-0.6B) and the 4-layer cut PERFORMANCE-NOTES uses on CPU.
 SHAPES: dict[str, dict[str, int]] = {
-    "pixie": {"num_hidden_layers": 28, "hidden_size": 1024, "intermediate_size": 3072, "num_attention_heads": 16,
-              "num_key_value_heads": 8, "head_dim": 128, "vocab_size": 151669},
-    "pixie-4l": {"num_hidden_layers": 4, "hidden_size": 1024, "intermediate_size": 3072, "num_attention_heads": 16,
-                 "num_key_value_heads": 8, "head_dim": 128, "vocab_size": 151669},
-    "tiny": {"num_hidden_layers": 2, "hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4,
-             "num_key_value_heads": 2, "head_dim": 16, "vocab_size": 2048},
+    "pixie": {
+        "num_hidden_layers": 28,
+        "hidden_size": 1024,
+        "intermediate_size": 3072,
+        "num_attention_heads": 16,
+        "num_key_value_heads": 8,
+        "head_dim": 128,
+        "vocab_size": 151669,
+    },
+    "pixie-4l": {
+        "num_hidden_layers": 4,
+        "hidden_size": 1024,
+        "intermediate_size": 3072,
+        "num_attention_heads": 16,
+        "num_key_value_heads": 8,
+        "head_dim": 128,
+        "vocab_size": 151669,
+    },
+    "tiny": {
+        "num_hidden_layers": 2,
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "head_dim": 16,
+        "vocab_size": 2048,
+    },
 }
 
-_WORDS = (
-    "satellite data analysis service ocean resource agriculture defence imaging orbit sensor optical payload "
-    "reranker query document relevance search engine retrieval benchmark evaluation korean english model "
-    "텔레픽스 위성 데이터 분석 서비스 해양 자원 농업 국방 영상 정밀 기술 수준 우주 경제 가치 솔루션 제공 주기"
-).split()
+_WORDS = [
+    "satellite",
+    "data",
+    "analysis",
+    "service",
+    "ocean",
+    "resource",
+    "agriculture",
+    "defence",
+    "imaging",
+    "orbit",
+    "sensor",
+    "optical",
+    "payload",
+    "reranker",
+    "query",
+    "document",
+    "relevance",
+    "search",
+    "engine",
+    "retrieval",
+    "benchmark",
+    "evaluation",
+    "korean",
+    "english",
+    "model",
+    "텔레픽스",
+    "위성",
+    "데이터",
+    "분석",
+    "서비스",
+    "해양",
+    "자원",
+    "농업",
+    "국방",
+    "영상",
+    "정밀",
+    "기술",
+    "수준",
+    "우주",
+    "경제",
+    "가치",
+    "솔루션",
+    "제공",
+    "주기",
+]
 
 
 @dataclass
@@ -92,8 +156,9 @@ def _text_of_tokens(tokenizer: Any, rng: random.Random, n_tokens: int) -> str:
             return text[: encoded["offset_mapping"][n_tokens - 1][1]]
 
 
-def build_workload(name: str, tokenizer: Any, *, seed: int = 0, queries: int | None = None,
-                   docs_per_query: int | None = None) -> Workload:
+def build_workload(
+    name: str, tokenizer: Any, *, seed: int = 0, queries: int | None = None, docs_per_query: int | None = None
+) -> Workload:
     """Build a named workload with ``tokenizer``; ``queries``/``docs_per_query`` shrink it (e.g. for a CPU run)."""
     spec = WORKLOADS[name]
     rng = random.Random(seed)
@@ -103,7 +168,12 @@ def build_workload(name: str, tokenizer: Any, *, seed: int = 0, queries: int | N
     for _ in range(n_queries):
         workload.queries.append(_text_of_tokens(tokenizer, rng, rng.randint(8, 24)))
         lengths = [
-            int(min(spec.max_tokens, max(spec.min_tokens, round(rng.lognormvariate(math.log(spec.median_tokens), spec.sigma)))))
+            int(
+                min(
+                    spec.max_tokens,
+                    max(spec.min_tokens, round(rng.lognormvariate(math.log(spec.median_tokens), spec.sigma))),
+                )
+            )
             for _ in range(n_docs)
         ]
         workload.documents.append([_text_of_tokens(tokenizer, rng, n) for n in lengths])
@@ -125,8 +195,13 @@ def build_random_model(shape: str, path: str | os.PathLike[str], *, seed: int = 
     dims = dict(SHAPES[shape])
     dims["vocab_size"] = max(dims["vocab_size"], len(tokenizer))
     config = Qwen3Config(
-        **dims, max_position_embeddings=40960, rope_theta=1_000_000.0, tie_word_embeddings=True,
-        pad_token_id=tokenizer.pad_token_id, num_labels=1, architectures=["Qwen3ForSequenceClassification"],
+        **dims,
+        max_position_embeddings=40960,
+        rope_theta=1_000_000.0,
+        tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id,
+        num_labels=1,
+        architectures=["Qwen3ForSequenceClassification"],
     )
     torch.manual_seed(seed)
     with torch.device("cpu"):
@@ -341,16 +416,18 @@ def run_benchmark(
         reference = next(iter(results))
         for name, stats in results.items():
             stats["speedup_vs_" + reference] = stats["pairs_per_s"] / results[reference]["pairs_per_s"]
-            stats["latency_p50_ratio_vs_" + reference] = (
-                stats["latency_p50_ms"] / results[reference]["latency_p50_ms"]
-            )
+            stats["latency_p50_ratio_vs_" + reference] = stats["latency_p50_ms"] / results[reference]["latency_p50_ms"]
             stats["max_abs_score_diff_vs_" + reference] = max(
                 abs(a - b) for a, b in zip(all_scores[name], all_scores[reference])
             )
         return {
             "workload": {
-                "name": workload, "queries": len(work.queries), "pairs": work.pairs, "input_tokens": input_tokens,
-                "mean_tokens_per_pair": input_tokens / work.pairs, **asdict(WORKLOADS[workload]),
+                "name": workload,
+                "queries": len(work.queries),
+                "pairs": work.pairs,
+                "input_tokens": input_tokens,
+                "mean_tokens_per_pair": input_tokens / work.pairs,
+                **asdict(WORKLOADS[workload]),
             },
             "model": model if tmp is None else f"random {shape}-shaped Qwen3 seq-cls",
             "machine": _machine(device_name),
@@ -385,9 +462,11 @@ def format_table(result: dict[str, Any]) -> str:
     """A Markdown table of one benchmark result."""
     ref = result["reference"]
     lines = [
-        f"workload {result['workload']['name']}: {result['workload']['pairs']} pairs, "
-        f"{result['workload']['mean_tokens_per_pair']:.0f} tokens/pair; model: {result['model']}; "
-        f"device: {result['machine'].get('gpu', result['machine']['device'])}",
+        (
+            f"workload {result['workload']['name']}: {result['workload']['pairs']} pairs, "
+            f"{result['workload']['mean_tokens_per_pair']:.0f} tokens/pair; model: {result['model']}; "
+            f"device: {result['machine'].get('gpu', result['machine']['device'])}"
+        ),
         "",
         f"| system | pairs/s | tokens/s | p50 ms | p95 ms | speed-up vs {ref} | max |score diff| |",
         "|---|---|---|---|---|---|---|",
@@ -440,7 +519,9 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--shape", choices=sorted(SHAPES), help="random model shape (default: pixie)")
     parser.add_argument("--model-dir", help="keep the random model here (reused across runs)")
     parser.add_argument(
-        "--systems", nargs="+", default=["card-fp32", "card-bf16", "pixie"],
+        "--systems",
+        nargs="+",
+        default=["card-fp32", "card-bf16", "pixie"],
         help="systems to time; the first is the reference. card-fp32, card-bf16 (the model card's code), pixie, "
         "pixie-fp32, pixie-noprefix, pixie-compile, or pixie:key=value,... for PixieScorer settings "
         "(e.g. pixie:token_budget=8192,compile=true). Default: %(default)s",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .families import ModelFamily
 from .loading import LoadedModel
 from .template import DOCUMENT_HEAD, SUFFIX, format_query
 
@@ -69,7 +68,9 @@ class PairEncoder:
 
     def _encode_template(self, pairs: list[tuple[str, str]], instruction: str) -> tuple[list[EncodedPair], int]:
         queries = list(dict.fromkeys(q for q, _ in pairs))
-        prefixes = {q: tuple(ids) for q, ids in zip(queries, self._ids([format_query(q, instruction) for q in queries]))}
+        prefixes = {
+            q: tuple(ids) for q, ids in zip(queries, self._ids([format_query(q, instruction) for q in queries]))
+        }
         docs = self._ids([DOCUMENT_HEAD + d for _, d in pairs])
         encoded: list[EncodedPair] = []
         truncated = 0

@@ -154,9 +154,7 @@ class PixieRerank(BaseNodePostprocessor):
             given = [name for name, value in settings.items() if value is not None]
             if given:
                 # They would be silently ignored: the scorer's model is already loaded with its own settings.
-                raise ValueError(
-                    f"Pass either scorer or {', '.join(given)}, not both: configure the scorer instead."
-                )
+                raise ValueError(f"Pass either scorer or {', '.join(given)}, not both: configure the scorer instead.")
             if model is None:
                 model = scorer.model_name
             elif not _same_model(model, scorer.model_name):

@@ -288,10 +288,16 @@ class PixieScorer:
         for members in shared:
             # The prefix is computed once per query, so only the documents' tokens count against the budget.
             lengths = [len(encoded[i].rest) for i in members]
-            plan += [([members[j] for j in batch], True) for batch in plan_batches(lengths, self.token_budget, self.batch_size)]
+            plan += [
+                ([members[j] for j in batch], True)
+                for batch in plan_batches(lengths, self.token_budget, self.batch_size)
+            ]
         if plain:
             lengths = [len(encoded[i]) for i in plain]
-            plan += [([plain[j] for j in batch], False) for batch in plan_batches(lengths, self.token_budget, self.batch_size)]
+            plan += [
+                ([plain[j] for j in batch], False)
+                for batch in plan_batches(lengths, self.token_budget, self.batch_size)
+            ]
         return plan
 
     def _forward_splitting(self, batch: list[EncodedPair], state: PrefixState | None) -> torch.Tensor:

@@ -21,12 +21,12 @@ from typing import Any
 from .template import DEFAULT_INSTRUCTION, format_document, format_query
 
 __all__ = [
+    "SAMPLE_DOCUMENTS",
+    "SAMPLE_QUERIES",
     "build_tiny_encoder_reranker",
     "build_tiny_qwen3_reranker_pair",
     "build_tiny_reranker",
     "build_tiny_tokenizer",
-    "SAMPLE_QUERIES",
-    "SAMPLE_DOCUMENTS",
 ]
 
 # The model card's Korean example, plus English text, so the tokenizer learns merges for both scripts.
@@ -52,7 +52,9 @@ _ADDED_TOKENS = ["<think>", "</think>"]
 
 
 def _corpus() -> list[str]:
-    lines = [format_query(q, DEFAULT_INSTRUCTION) + format_document(d) for q in SAMPLE_QUERIES for d in SAMPLE_DOCUMENTS]
+    lines = [
+        format_query(q, DEFAULT_INSTRUCTION) + format_document(d) for q in SAMPLE_QUERIES for d in SAMPLE_DOCUMENTS
+    ]
     lines += ["yes no " * 20, "Answer: yes", "Answer: no"]
     return lines
 
@@ -61,7 +63,6 @@ def build_tiny_tokenizer(path: str | os.PathLike[str], *, vocab_size: int = 1200
     """Train and save a byte-level BPE tokenizer shaped like Qwen's (no chat template, so pairs stay pairs)."""
     from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
     from transformers import Qwen2Tokenizer
-
     from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
 
     bpe = Tokenizer(models.BPE())
@@ -178,7 +179,9 @@ def build_tiny_qwen3_reranker_pair(
     build_tiny_tokenizer(seq_cls_dir)
     yes = tokenizer.convert_tokens_to_ids("yes")
     no = tokenizer.convert_tokens_to_ids("no")
-    base = _qwen3_config(_vocab_size(tokenizer), layers=num_layers, hidden=hidden_size, pad_token_id=tokenizer.pad_token_id)
+    base = _qwen3_config(
+        _vocab_size(tokenizer), layers=num_layers, hidden=hidden_size, pad_token_id=tokenizer.pad_token_id
+    )
     torch.manual_seed(seed)
     causal = Qwen3ForCausalLM(base)
     with torch.no_grad():

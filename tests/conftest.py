@@ -11,8 +11,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from pixie_integrations import PixieScorer  # noqa: E402
-from pixie_integrations.testing import (  # noqa: E402
+from pixie_integrations import PixieScorer
+from pixie_integrations.testing import (
     build_tiny_encoder_reranker,
     build_tiny_qwen3_reranker_pair,
     build_tiny_reranker,

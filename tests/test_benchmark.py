@@ -52,8 +52,25 @@ def test_run_benchmark_times_the_card_path_and_ours_on_the_same_weights(tmp_path
 def test_bench_command_writes_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "bench.json"
     code = main(
-        ["bench", "--shape", "tiny", "--model-dir", str(tmp_path / "m"), "--workload", "latency", "--docs", "4",
-         "--systems", "pixie-fp32", "pixie", "--device", "cpu", "--no-progress", "--json", str(out)]
+        [
+            "bench",
+            "--shape",
+            "tiny",
+            "--model-dir",
+            str(tmp_path / "m"),
+            "--workload",
+            "latency",
+            "--docs",
+            "4",
+            "--systems",
+            "pixie-fp32",
+            "pixie",
+            "--device",
+            "cpu",
+            "--no-progress",
+            "--json",
+            str(out),
+        ]
     )
     assert code == 0
     assert "| pixie |" in capsys.readouterr().out

@@ -31,12 +31,17 @@ def test_demo_without_the_model_says_how_to_point_at_a_local_copy(
 
 
 def test_help_is_fast_and_lists_the_commands() -> None:
-    result = subprocess.run([sys.executable, "-m", "pixie_integrations", "--help"], capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "pixie_integrations", "--help"], capture_output=True, text=True, check=False
+    )
     assert result.returncode == 0
     for command in ("demo", "bench", "eval"):
         assert command in result.stdout
     check = "import sys, pixie_integrations.cli as c; c.build_parser(); print('torch' in sys.modules)"
-    assert subprocess.run([sys.executable, "-c", check], capture_output=True, text=True).stdout.strip() == "False"
+    assert (
+        subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, check=False).stdout.strip()
+        == "False"
+    )
 
 
 def test_quickstart_example_runs_offline(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:

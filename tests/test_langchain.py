@@ -18,17 +18,17 @@ import pytest
 
 pytest.importorskip("langchain_core")
 
-from langchain_core.callbacks import BaseCallbackHandler  # noqa: E402
-from langchain_core.documents import Document  # noqa: E402
-from langchain_core.embeddings import DeterministicFakeEmbedding  # noqa: E402
-from langchain_core.runnables import RunnableConfig, RunnableLambda, RunnablePassthrough  # noqa: E402
-from langchain_core.tracers.context import collect_runs  # noqa: E402
-from langchain_core.vectorstores import InMemoryVectorStore  # noqa: E402
-from pydantic import ValidationError  # noqa: E402
+from langchain_core.callbacks import BaseCallbackHandler
+from langchain_core.documents import Document
+from langchain_core.embeddings import DeterministicFakeEmbedding
+from langchain_core.runnables import RunnableConfig, RunnableLambda, RunnablePassthrough
+from langchain_core.tracers.context import collect_runs
+from langchain_core.vectorstores import InMemoryVectorStore
+from pydantic import ValidationError
 
-from pixie_integrations import DEFAULT_MODEL, ModelLoadError, PixieScorer  # noqa: E402
-from pixie_integrations.langchain import PixieRerank  # noqa: E402
-from pixie_integrations.testing import SAMPLE_DOCUMENTS, SAMPLE_QUERIES  # noqa: E402
+from pixie_integrations import DEFAULT_MODEL, ModelLoadError, PixieScorer
+from pixie_integrations.langchain import PixieRerank
+from pixie_integrations.testing import SAMPLE_DOCUMENTS, SAMPLE_QUERIES
 
 ROOT = Path(__file__).resolve().parents[1]
 QUERY = SAMPLE_QUERIES[1]
@@ -44,19 +44,30 @@ class RecordingHandler(BaseCallbackHandler):
     def _record(self, event: str, run_id: UUID, parent_run_id: UUID | None, **data: Any) -> None:
         self.events.append({"event": event, "run_id": run_id, "parent_run_id": parent_run_id, **data})
 
-    def on_chain_start(self, serialized: Any, inputs: Any, *, run_id: UUID, parent_run_id: UUID | None = None,
-                       name: str | None = None, metadata: dict[str, Any] | None = None, **kwargs: Any) -> None:
+    def on_chain_start(
+        self,
+        serialized: Any,
+        inputs: Any,
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        name: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
         self._record("chain_start", run_id, parent_run_id, name=name, inputs=inputs, metadata=metadata)
 
     def on_chain_end(self, outputs: Any, *, run_id: UUID, parent_run_id: UUID | None = None, **kwargs: Any) -> None:
         self._record("chain_end", run_id, parent_run_id, outputs=outputs)
 
-    def on_chain_error(self, error: BaseException, *, run_id: UUID, parent_run_id: UUID | None = None,
-                       **kwargs: Any) -> None:
+    def on_chain_error(
+        self, error: BaseException, *, run_id: UUID, parent_run_id: UUID | None = None, **kwargs: Any
+    ) -> None:
         self._record("chain_error", run_id, parent_run_id, error=error)
 
-    def on_retriever_start(self, serialized: Any, query: str, *, run_id: UUID, parent_run_id: UUID | None = None,
-                           **kwargs: Any) -> None:
+    def on_retriever_start(
+        self, serialized: Any, query: str, *, run_id: UUID, parent_run_id: UUID | None = None, **kwargs: Any
+    ) -> None:
         self._record("retriever_start", run_id, parent_run_id, query=query)
 
     def rerank_events(self, event: str) -> list[dict[str, Any]]:
@@ -140,7 +151,14 @@ def test_defaults_and_lazy_loading() -> None:
 
 def test_every_field_has_a_one_line_docstring() -> None:
     assert set(PixieRerank.model_fields) >= {
-        "model", "top_n", "instruction", "score_threshold", "scorer", "device", "dtype", "max_length"
+        "model",
+        "top_n",
+        "instruction",
+        "score_threshold",
+        "scorer",
+        "device",
+        "dtype",
+        "max_length",
     }
     for name, field in PixieRerank.model_fields.items():
         assert field.description and "\n" not in field.description, name
@@ -239,9 +257,7 @@ def test_top_n(tiny_scorer: PixieScorer, top_n: int | None, expected_len: int) -
 def test_score_threshold_filters_before_top_n(tiny_scorer: PixieScorer) -> None:
     full = expected_ranking(tiny_scorer, SAMPLE_DOCUMENTS)
     threshold = full[4][1]  # exactly five documents score at or above it
-    kept = PixieRerank(scorer=tiny_scorer, top_n=None, score_threshold=threshold).compress_documents(
-        make_docs(), QUERY
-    )
+    kept = PixieRerank(scorer=tiny_scorer, top_n=None, score_threshold=threshold).compress_documents(make_docs(), QUERY)
     assert [d.id for d in kept] == [f"doc-{i}" for i, _ in full[:5]]
     capped = PixieRerank(scorer=tiny_scorer, top_n=3, score_threshold=threshold).compress_documents(make_docs(), QUERY)
     assert [d.id for d in capped] == [f"doc-{i}" for i, _ in full[:3]]
@@ -510,6 +526,7 @@ def test_example_runs_offline_with_tiny_model() -> None:
         cwd=ROOT,
         capture_output=True,
         text=True,
+        check=False,
         env={**os.environ, **env},
         timeout=120,
     )

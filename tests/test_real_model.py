@@ -12,7 +12,9 @@ from pixie_integrations.demo import CARD_DOCUMENTS, CARD_QUERIES, CARD_SCORES, r
 MODEL_PATH = os.environ.get("PIXIE_MODEL_PATH")
 pytestmark = [
     pytest.mark.real_model,
-    pytest.mark.skipif(not MODEL_PATH, reason="set PIXIE_MODEL_PATH to a local copy of PIXIE-Spell-Reranker-Preview-0.6B"),
+    pytest.mark.skipif(
+        not MODEL_PATH, reason="set PIXIE_MODEL_PATH to a local copy of PIXIE-Spell-Reranker-Preview-0.6B"
+    ),
 ]
 
 

@@ -30,14 +30,14 @@ pytest.importorskip("fastapi")
 pytest.importorskip("httpx")
 pytest.importorskip("uvicorn")
 
-import httpx  # noqa: E402
-import uvicorn  # noqa: E402
-from fastapi import FastAPI, Request  # noqa: E402
-from fastapi.testclient import TestClient  # noqa: E402
+import httpx
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.testclient import TestClient
 
-from pixie_integrations import PixieScorer, RankResult, Scorer, format_document, format_query  # noqa: E402
-from pixie_integrations.serving import RemoteScorer, RemoteScorerError, create_app  # noqa: E402
-from pixie_integrations.testing import SAMPLE_DOCUMENTS, SAMPLE_QUERIES  # noqa: E402
+from pixie_integrations import PixieScorer, RankResult, Scorer, format_document, format_query
+from pixie_integrations.serving import RemoteScorer, RemoteScorerError, create_app
+from pixie_integrations.testing import SAMPLE_DOCUMENTS, SAMPLE_QUERIES
 
 ROOT = Path(__file__).resolve().parents[1]
 QUERY = SAMPLE_QUERIES[1]
