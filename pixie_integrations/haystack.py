@@ -148,7 +148,7 @@ class PixieRanker:
     ranker.warm_up()
     docs = [Document(content="Paris is in France"), Document(content="Berlin is in Germany")]
     result = ranker.run(query="City in Germany", documents=docs)
-    print(result["documents"][0].content)
+    best = result["documents"][0]  # the highest-scoring Document, with .score set
     ```
 
     ``run`` before ``warm_up`` loads the model lazily (a Pipeline calls ``warm_up`` for you). Instances asking for
