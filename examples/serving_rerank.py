@@ -18,20 +18,13 @@ once with plain HTTP and once with RemoteScorer, compares with the in-process sc
 from __future__ import annotations
 
 import argparse
-import socket
 import tempfile
-import threading
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
-import uvicorn
-from fastapi import FastAPI
 
 from pixie_integrations import DEFAULT_MODEL, PixieScorer
-from pixie_integrations.serving import RemoteScorer, create_app
+from pixie_integrations.serving import RemoteScorer, create_app, serve_in_thread
 
 QUERY = "국방 분야에 어떤 위성 서비스가 제공되나요?"
 DOCUMENTS = [
@@ -41,28 +34,6 @@ DOCUMENTS = [
     "A satellite imaging company analyses earth observation data for agriculture, defence and the ocean.",
     "The quick brown fox jumps over the lazy dog. Paris is the capital of France.",
 ]
-
-
-@contextmanager
-def running(app: FastAPI) -> Iterator[str]:
-    """Serve ``app`` on a free loopback port in a background thread; stop it on exit."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))  # the OS picks a free port; uvicorn takes the bound socket, so no race
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("the server did not start")
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
-        print("\nserver stopped")
 
 
 def main() -> None:
@@ -88,11 +59,12 @@ def main() -> None:
             device, dtype = device or "cpu", dtype or "float32"
             print(f"Built a tiny RANDOM reranker in {model} (its scores only show the plumbing, not quality).")
         local = PixieScorer(model, device=device, dtype=dtype)
-        with running(create_app(local)) as url:
+        with serve_in_thread(create_app(local)) as url:
             print(f"Serving {local.model_name} at {url} (this process, a background thread)")
             remote_scores = query_remote(url, "pixie", args.top_n)
             worst = max(abs(a - b) for a, b in zip(remote_scores, local.score(QUERY, DOCUMENTS), strict=True))
             print(f"\nlargest difference from the in-process scorer: {worst:.1e}")
+        print("\nserver stopped")
 
 
 def query_remote(url: str, api: str, top_n: int) -> list[float]:

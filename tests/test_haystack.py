@@ -10,10 +10,7 @@ import os
 import socket
 import subprocess
 import sys
-import threading
-import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -457,30 +454,6 @@ REMOTE_INSTRUCTION = "Given an aerospace question, retrieve passages about satel
 STAND_IN_MODEL = "stand-in/pixie-seq-cls"
 
 
-@contextmanager
-def _running(app: Any) -> Iterator[str]:
-    """Serve ``app`` with uvicorn in a background thread on a free loopback port, as tests/test_serving.py does."""
-    import uvicorn
-
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))  # the OS picks a free port; handing uvicorn the socket leaves no race
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("the test server did not start")
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
-
-
 def _needs_serving() -> None:
     for name in ("fastapi", "httpx", "uvicorn"):
         pytest.importorskip(name)
@@ -490,9 +463,9 @@ def _needs_serving() -> None:
 def server_url(tiny_scorer: PixieScorer) -> Iterator[str]:
     """``pixie-rerank serve``'s app around the tiny float32 CPU scorer; it serves the model under its folder path."""
     _needs_serving()
-    from pixie_integrations.serving import create_app
+    from pixie_integrations.serving import create_app, serve_in_thread
 
-    with _running(create_app(tiny_scorer)) as url:
+    with serve_in_thread(create_app(tiny_scorer), start_timeout=START_TIMEOUT_S) as url:
         yield url
 
 
@@ -688,11 +661,11 @@ def test_api_key_is_sent_from_the_environment_and_never_saved(
     tiny_scorer: PixieScorer, tiny_reranker: Path, docs: list[Document], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _needs_serving()
-    from pixie_integrations.serving import RemoteScorerError, create_app
+    from pixie_integrations.serving import RemoteScorerError, create_app, serve_in_thread
 
     secret = "s3cret-rerank-key"
     want = sorted(tiny_scorer.score(QUERY, TEXTS), reverse=True)[:3]
-    with _running(create_app(tiny_scorer, api_key=secret)) as url:
+    with serve_in_thread(create_app(tiny_scorer, api_key=secret), start_timeout=START_TIMEOUT_S) as url:
         monkeypatch.setenv("PIXIE_API_KEY", secret)
         p = _pipeline(_remote(url, tiny_reranker, top_k=3), docs)
         got = _ranked(p.run(_inputs()))
@@ -812,12 +785,14 @@ def test_vllm_api_formats_the_template_and_equals_local(
 ) -> None:
     _needs_serving()
     pytest.importorskip("sentence_transformers")
+    from pixie_integrations.serving import serve_in_thread
+
     stand_in = _VllmStandIn(tiny_reranker)
     local = _pipeline(PixieRanker(**cpu_kwargs, top_k=4, instruction=REMOTE_INSTRUCTION), docs)
     want = local.run(_inputs(), include_outputs_from={"retriever"})
     want_raw = _ranked(local.run(_inputs(scale_score=False)))
     _forbid_local_models(monkeypatch)
-    with _running(stand_in.app) as url:
+    with serve_in_thread(stand_in.app, start_timeout=START_TIMEOUT_S) as url:
         ranker = PixieRanker(
             model=STAND_IN_MODEL, api_base_url=url, api="vllm", top_k=4, instruction=REMOTE_INSTRUCTION
         )

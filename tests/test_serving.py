@@ -16,11 +16,8 @@ import pickle
 import socket
 import subprocess
 import sys
-import threading
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +33,7 @@ from fastapi import FastAPI, Request
 from fastapi.testclient import TestClient
 
 from pixie_integrations import PixieScorer, RankResult, Scorer, format_document, format_query
-from pixie_integrations.serving import RemoteScorer, RemoteScorerError, create_app
+from pixie_integrations.serving import RemoteScorer, RemoteScorerError, create_app, serve_in_thread
 from pixie_integrations.testing import SAMPLE_DOCUMENTS, SAMPLE_QUERIES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,29 +45,6 @@ START_TIMEOUT_S = 20.0
 
 
 # -- running an app on loopback ------------------------------------------------------------------------------------
-@contextmanager
-def running(app: FastAPI) -> Iterator[str]:
-    """Serve ``app`` with uvicorn in a background thread on a free loopback port; stop it on exit."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))  # the OS picks a free port; handing uvicorn the socket leaves no race
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("the test server did not start")
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
-
-
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -122,7 +96,7 @@ def _vllm_error(status: int, message: str) -> Any:
 
 @pytest.fixture(scope="module")
 def server_url(tiny_scorer: PixieScorer) -> Iterator[str]:
-    with running(create_app(tiny_scorer)) as url:
+    with serve_in_thread(create_app(tiny_scorer), start_timeout=START_TIMEOUT_S) as url:
         yield url
 
 
@@ -133,7 +107,7 @@ def stand_in(tiny_reranker: Path) -> VllmStandIn:
 
 @pytest.fixture(scope="module")
 def vllm_url(stand_in: VllmStandIn) -> Iterator[str]:
-    with running(stand_in.app) as url:
+    with serve_in_thread(stand_in.app, start_timeout=START_TIMEOUT_S) as url:
         yield url
 
 
@@ -279,7 +253,7 @@ def test_api_key_guards_everything_but_health(tiny_scorer: PixieScorer) -> None:
             assert client.get("/v1/models", headers=headers).status_code == 401
         ok = client.post("/rerank", json={"query": "q", "documents": ["d"]}, headers={"Authorization": "Bearer s3cret"})
         assert ok.status_code == 200 and ok.json()["model"] == "pixie"
-    with running(app) as url:
+    with serve_in_thread(app, start_timeout=START_TIMEOUT_S) as url:
         with RemoteScorer(url, headers={"Authorization": "Bearer s3cret"}) as scorer:
             assert scorer.model_name == "pixie"
             assert scorer.score(QUERY, DOCS) == pytest.approx(tiny_scorer.score(QUERY, DOCS), abs=1e-6)

@@ -26,9 +26,9 @@ if _MISSING:
 
 if TYPE_CHECKING:
     from .client import RemoteScorer, RemoteScorerError
-    from .server import create_app, serve
+    from .server import create_app, serve, serve_in_thread
 
-__all__ = ["RemoteScorer", "RemoteScorerError", "create_app", "serve"]
+__all__ = ["RemoteScorer", "RemoteScorerError", "create_app", "serve", "serve_in_thread"]
 
 # Served lazily (PEP 562): importing the package (or only the client) does not import torch.
 _LAZY = {
@@ -36,6 +36,7 @@ _LAZY = {
     "RemoteScorerError": ".client",
     "create_app": ".server",
     "serve": ".server",
+    "serve_in_thread": ".server",
 }
 
 

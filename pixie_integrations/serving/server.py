@@ -21,9 +21,12 @@ import hmac
 import ipaddress
 import logging
 import os
+import socket
+import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 from fastapi import Depends, FastAPI, HTTPException, Request
@@ -46,6 +49,7 @@ __all__ = [
     "Usage",
     "create_app",
     "serve",
+    "serve_in_thread",
 ]
 
 logger = logging.getLogger(__name__)
@@ -277,6 +281,37 @@ def serve(
         logger.warning("Serving on %s without an API key: anyone who can reach the port can use the model.", host)
     logger.info("Serving %r (%s) on http://%s:%d", scorer.model_name, scorer.device, host, port)
     uvicorn.run(app, host=host, port=port, log_level=log_level)
+
+
+@contextmanager
+def serve_in_thread(app: FastAPI, *, host: str = "127.0.0.1", start_timeout: float = 30.0) -> Iterator[str]:
+    """Run ``app`` with uvicorn in a background thread on a free port of ``host``; yields its base URL.
+
+    For tests, notebooks and examples: the server stops when the ``with`` block ends.
+    """
+    try:
+        import uvicorn
+    except ImportError as exc:
+        raise ImportError('serving needs uvicorn: pip install "pixie-integrations[serve]"') from exc
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, 0))  # the OS picks a free port; uvicorn takes the bound socket, so no other process can race
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + start_timeout
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            server.should_exit = True
+            sock.close()
+            raise RuntimeError(f"the server did not start within {start_timeout} s")
+        time.sleep(0.01)
+    try:
+        yield f"http://{host}:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
 
 
 # -- helpers ---------------------------------------------------------------------------------------------------------
