@@ -290,7 +290,7 @@ class ScoringEngine:
         start = time.perf_counter()
         try:
             logits = scorer._forward_splitting(pairs, state)
-        except Exception as exc:  # noqa: BLE001 - a failing forward fails the requests in it, not the worker
+        except Exception as exc:  # a failing forward fails the requests in it, not the worker
             logger.exception("A scoring batch of %d pairs failed", len(pairs))
             for job in {owners[i][0] for i in batch}:
                 self._release(job.left)
@@ -342,7 +342,9 @@ class ScoringEngine:
                 len(job.pairs),
                 job.scorer.max_length,
             )
-        self._finish(job, ScoringResult(scores=[float(v) for v in values.tolist()], truncated=job.truncated, tokens=tokens))
+        self._finish(
+            job, ScoringResult(scores=[float(v) for v in values.tolist()], truncated=job.truncated, tokens=tokens)
+        )
 
     @staticmethod
     def _finish(job: _Job, outcome: ScoringResult | BaseException) -> None:
