@@ -60,13 +60,25 @@ class PairEncoder:
         with self._loaded.tokenizer_lock:
             return self._tokenizer(texts, add_special_tokens=False)["input_ids"]
 
-    def encode(self, pairs: list[tuple[str, str]], instruction: str) -> tuple[list[EncodedPair], int]:
-        """Encode pairs; returns the encodings (in order) and how many documents were cut to fit ``max_length``."""
-        if self._loaded.family.uses_template:
-            return self._encode_template(pairs, instruction)
-        return self._encode_plain(pairs)
+    def encode(
+        self, pairs: list[tuple[str, str]], instruction: str, *, max_length: int | None = None
+    ) -> tuple[list[EncodedPair], int]:
+        """Encode pairs; returns the encodings (in order) and how many documents were cut to fit ``max_length``.
 
-    def _encode_template(self, pairs: list[tuple[str, str]], instruction: str) -> tuple[list[EncodedPair], int]:
+        ``max_length`` overrides the encoder's for this call only (at most the encoder's own).
+        """
+        if max_length is None:
+            max_length = self.max_length
+        elif isinstance(max_length, bool) or not isinstance(max_length, int) or max_length <= 0:
+            raise ValueError(f"max_length must be a positive int or None, got {max_length!r}")
+        max_length = min(max_length, self.max_length)
+        if self._loaded.family.uses_template:
+            return self._encode_template(pairs, instruction, max_length)
+        return self._encode_plain(pairs, max_length)
+
+    def _encode_template(
+        self, pairs: list[tuple[str, str]], instruction: str, max_length: int
+    ) -> tuple[list[EncodedPair], int]:
         queries = list(dict.fromkeys(q for q, _ in pairs))
         prefixes = {
             q: tuple(ids) for q, ids in zip(queries, self._ids([format_query(q, instruction) for q in queries]))
@@ -76,10 +88,10 @@ class PairEncoder:
         truncated = 0
         for (query, _), doc in zip(pairs, docs):
             prefix = prefixes[query]
-            room = self.max_length - len(prefix) - len(self._suffix)
+            room = max_length - len(prefix) - len(self._suffix)
             if room < self._head_len:
                 raise ValueError(
-                    f"max_length={self.max_length} cannot hold the template and the query: the instruction and query "
+                    f"max_length={max_length} cannot hold the template and the query: the instruction and query "
                     f"take {len(prefix)} tokens, the suffix {len(self._suffix)} and the document marker "
                     f"{self._head_len}, so at least {len(prefix) + len(self._suffix) + self._head_len} are needed."
                 )
@@ -89,25 +101,25 @@ class PairEncoder:
             encoded.append(EncodedPair(prefix=prefix, rest=tuple(doc) + self._suffix))
         return encoded, truncated
 
-    def _encode_plain(self, pairs: list[tuple[str, str]]) -> tuple[list[EncodedPair], int]:
+    def _encode_plain(self, pairs: list[tuple[str, str]], max_length: int) -> tuple[list[EncodedPair], int]:
         queries = list(dict.fromkeys(q for q, _ in pairs))
         query_lengths = dict(zip(queries, map(len, self._ids(queries))))
         doc_lengths = list(map(len, self._ids([d for _, d in pairs])))
         truncated = 0
         for (query, _), doc_len in zip(pairs, doc_lengths):
             fixed = query_lengths[query] + self._n_special
-            if fixed + 1 > self.max_length:
+            if fixed + 1 > max_length:
                 raise ValueError(
-                    f"max_length={self.max_length} cannot hold the query: it takes {query_lengths[query]} tokens and "
+                    f"max_length={max_length} cannot hold the query: it takes {query_lengths[query]} tokens and "
                     f"the special tokens {self._n_special}, so at least {fixed + 1} are needed."
                 )
-            truncated += fixed + doc_len > self.max_length
+            truncated += fixed + doc_len > max_length
         with self._loaded.tokenizer_lock:
             features = self._tokenizer(
                 [q for q, _ in pairs],
                 [d for _, d in pairs],
                 truncation="only_second",
-                max_length=self.max_length,
+                max_length=max_length,
             )
         type_ids = features.get("token_type_ids")
         encoded = [

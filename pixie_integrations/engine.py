@@ -145,6 +145,7 @@ class ScoringEngine:
         instruction: str | None = None,
         raw: bool = False,
         timeout: float | None = None,
+        max_length: int | None = None,
         max_doc_tokens: int | None = None,
     ) -> Future[ScoringResult]:
         """Queue checked (query, document) pairs; the future gives a :class:`ScoringResult`.
@@ -156,6 +157,8 @@ class ScoringEngine:
             raw: Logits instead of probabilities.
             timeout: Seconds from now after which the remaining pairs are dropped and the future fails with
                 :class:`ScoringTimeoutError`; ``None`` waits as long as it takes.
+            max_length: Most tokens of one whole input for this request (at most the scorer's); only document
+                tokens are cut.
             max_doc_tokens: Cut each document to at most this many tokens (the template is never cut).
 
         Raises:
@@ -169,7 +172,11 @@ class ScoringEngine:
             pairs=list(pairs),
             instruction=instruction if instruction is not None else scorer.instruction,
             raw=raw,
-            encode_options={} if max_doc_tokens is None else {"max_doc_tokens": max_doc_tokens},
+            encode_options={
+                name: value
+                for name, value in (("max_length", max_length), ("max_doc_tokens", max_doc_tokens))
+                if value is not None
+            },
             deadline=None if timeout is None else time.monotonic() + timeout,
             future=Future(),
             seq=next(self._seq),
@@ -204,11 +211,18 @@ class ScoringEngine:
         instruction: str | None = None,
         raw: bool = False,
         timeout: float | None = None,
+        max_length: int | None = None,
         max_doc_tokens: int | None = None,
     ) -> ScoringResult:
         """:meth:`submit` and await the result; cancelling the awaiting task drops the pairs not yet run."""
         future = self.submit(
-            pairs, scorer=scorer, instruction=instruction, raw=raw, timeout=timeout, max_doc_tokens=max_doc_tokens
+            pairs,
+            scorer=scorer,
+            instruction=instruction,
+            raw=raw,
+            timeout=timeout,
+            max_length=max_length,
+            max_doc_tokens=max_doc_tokens,
         )
         try:
             return await asyncio.wrap_future(future)
