@@ -33,7 +33,7 @@ from fastapi import FastAPI, Request
 from fastapi.testclient import TestClient
 
 from pixie_integrations import PixieScorer, RankResult, Scorer, format_document, format_query
-from pixie_integrations.serving import RemoteScorer, RemoteScorerError, create_app, serve_in_thread
+from pixie_integrations.serving import RemoteScorer, RemoteScorerError, ServerLimits, create_app, serve_in_thread
 from pixie_integrations.testing import SAMPLE_DOCUMENTS, SAMPLE_QUERIES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -531,6 +531,13 @@ def test_cli_serve_passes_its_settings(monkeypatch: pytest.MonkeyPatch, tiny_rer
         INSTRUCTION,
         "--api-key",
         "k",
+        "--served-model-name",
+        "pixie",
+        "rerank-v3.5",
+        "--max-documents",
+        "50",
+        "--request-timeout",
+        "2.5",
     ]
     assert main(argv) == 0
     ((args, kwargs),) = calls
@@ -538,8 +545,9 @@ def test_cli_serve_passes_its_settings(monkeypatch: pytest.MonkeyPatch, tiny_rer
     assert kwargs == {
         "host": "127.0.0.1",
         "port": 8123,
-        "served_model_name": None,
+        "served_model_name": ["pixie", "rerank-v3.5"],
         "api_key": "k",
+        "limits": ServerLimits(max_documents=50, request_timeout=2.5),
         "device": "cpu",
         "dtype": "float32",
         "max_length": 512,
@@ -547,6 +555,24 @@ def test_cli_serve_passes_its_settings(monkeypatch: pytest.MonkeyPatch, tiny_rer
     }
     with pytest.raises(SystemExit):
         main(["serve", "--port", "0"])
+    with pytest.raises(SystemExit):
+        main(["serve", "--max-body-bytes", "0"])
+
+
+def test_an_empty_api_key_is_an_error_not_no_auth(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tiny_scorer: PixieScorer
+) -> None:
+    from pixie_integrations import serving
+    from pixie_integrations.cli import main
+
+    monkeypatch.setattr(serving, "serve", lambda *a, **k: pytest.fail("must not start"))
+    assert main(["serve", "--api-key", ""]) == 2
+    assert "--api-key is empty" in capsys.readouterr().err
+    monkeypatch.setenv("PIXIE_API_KEY", "")
+    assert main(["serve"]) == 2
+    assert "PIXIE_API_KEY is empty" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="api_key is empty"):
+        create_app(tiny_scorer, api_key="  ")
 
 
 def test_serve_loads_the_model_and_runs_uvicorn(
