@@ -151,7 +151,9 @@ def test_rerank_equals_the_local_scorer(http: httpx.Client, tiny_scorer: PixieSc
     assert body["model"] == served_name(tiny_scorer)
     usage = body["usage"]
     assert usage["pairs"] == len(DOCS) and usage["truncated_documents"] == 0
-    expected_tokens = sum(len(p) for p in tiny_scorer._encoder.encode([(QUERY, d) for d in DOCS], tiny_scorer.instruction)[0])
+    expected_tokens = sum(
+        len(p) for p in tiny_scorer._encoder.encode([(QUERY, d) for d in DOCS], tiny_scorer.instruction)[0]
+    )
     assert usage["prompt_tokens"] == usage["total_tokens"] == expected_tokens
     assert body["meta"]["tokens"]["input_tokens"] == expected_tokens
     assert [r["index"] for r in body["results"]] == [r.index for r in expected]
@@ -197,7 +199,10 @@ def test_empty_documents_give_empty_results(http: httpx.Client) -> None:
         ({"query": QUERY, "documents": "one document"}, "documents"),
         ({"query": QUERY, "documents": ["ok", 7]}, "documents[1] must be a string"),
         ({"query": QUERY, "documents": [{"title": "no text"}]}, "documents[0]"),
-        ({"query": QUERY, "documents": [{"text": "a"}], "rank_fields": ["title"]}, "documents[0] has no 'title'"),
+        (
+            {"query": QUERY, "documents": [{"text": "a"}], "rank_fields": ["title"]},
+            "documents[0] has none of the rank_fields",
+        ),
         ({"query": QUERY, "documents": [{"text": 3}]}, "documents[0] 'text' must be a string"),
         ({"query": QUERY, "documents": DOCS, "max_tokens_per_doc": 0}, "max_tokens_per_doc"),
         ({"query": QUERY, "documents": DOCS, "truncate_prompt_tokens": 0}, "truncate_prompt_tokens"),

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Literal
 
+import yaml
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, field_validator
 
 __all__ = [
@@ -35,35 +36,26 @@ PositiveInt = Annotated[StrictInt, Field(gt=0)]
 def document_text(document: str | Mapping[str, Any], rank_fields: Sequence[str] | None) -> str:
     """The text scored for one document, the way Cohere's v1 API reads object documents.
 
-    A string is scored as it is. An object is scored by its ``"text"`` field, or, with ``rank_fields``, by those
-    fields in that order, each on its own ``"field: value"`` line (the YAML-like form Cohere recommends for
-    structured documents).
+    A string is scored as it is. An object is scored by its ``"text"`` field, or, with ``rank_fields``, by those of
+    the fields it has, in that order, written as YAML (``title: ...`` lines: the form Cohere recommends for
+    structured documents and langchain-cohere sends; non-ASCII text such as Korean is kept as it is).
 
     Raises:
-        ValueError: The object lacks a field to score, or a field is not a string, number or boolean.
+        ValueError: The object has none of the fields to rank by, or its ``"text"`` is not a string.
     """
     if isinstance(document, str):
         return document
-    fields = list(rank_fields) if rank_fields else ["text"]
-    missing = [name for name in fields if name not in document]
-    if missing:
-        raise ValueError(f"has no {', '.join(repr(m) for m in missing)} field to rank by")
     if not rank_fields:
-        value = document["text"]
-        if not isinstance(value, str):
+        if "text" not in document:
+            raise ValueError("has no 'text' field (send rank_fields to rank objects by other fields)")
+        if not isinstance(document["text"], str):
             raise ValueError("'text' must be a string")
-        return value
-    lines = []
-    for name in fields:
-        value = document[name]
-        if isinstance(value, bool):
-            value = str(value).lower()
-        elif not isinstance(value, (str, int, float)):
-            raise ValueError(  # noqa: TRY004 - pydantic and the server turn ValueError into a 422
-                f"field {name!r} must be a string, number or boolean to rank by, not {_json_type(value)}"
-            )
-        lines.append(f"{name}: {value}")
-    return "\n".join(lines)
+        return document["text"]
+    chosen = {name: document[name] for name in rank_fields if name in document}
+    if not chosen:
+        raise ValueError(f"has none of the rank_fields {list(rank_fields)}")
+    # No line folding: YAML's default width would break long texts into other texts.
+    return yaml.safe_dump(chosen, sort_keys=False, allow_unicode=True, width=2**31 - 1)
 
 
 # -- requests --------------------------------------------------------------------------------------------------------

@@ -144,6 +144,7 @@ def create_app(
     app.add_exception_handler(ApiError, _api_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
     app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
+    app.add_exception_handler(Exception, _internal_error)
 
     def model_of(requested: str | None) -> str:
         if requested is None:
@@ -482,7 +483,7 @@ async def _unless_disconnected(request: Request, job: asyncio.Future[ScoringResu
         raise ApiError(
             504, f"the request did not finish within {timeout:g} s (--request-timeout); send fewer documents"
         ) from None
-    except (TypeError, ValueError) as exc:  # bad input found while encoding (e.g. max_length too small)
+    except ValueError as exc:  # bad input found while encoding (e.g. max_length too small for the query)
         raise ApiError(422, _plain_message(exc)) from None
 
 
@@ -561,6 +562,11 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> Response
     elif exc.status_code == 405:
         message = f"{request.method} is not allowed on {request.url.path}"
     return _error_response(exc.status_code, message, headers=getattr(exc, "headers", None))
+
+
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    logger.error("Internal error on %s %s", request.method, request.url.path, exc_info=exc)
+    return _error_response(500, "internal server error; the server log has the details")
 
 
 def _bearer_check(api_key: str) -> Callable[[Request], None]:
