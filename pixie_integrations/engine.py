@@ -50,6 +50,9 @@ DEFAULT_MAX_PENDING_PAIRS = 16384
 # The worker thread ends after this long without work (and starts again with the next request), so an idle engine
 # holds no thread and a model nobody uses any more can be freed.
 _IDLE_EXIT_S = 10.0
+# Batches are planned over at most about this many of the oldest pending pairs: with a deep backlog, planning over
+# all of it before every forward pass would cost more than it could save.
+_PLAN_WINDOW_PAIRS = 4096
 
 
 class EngineOverloadedError(RuntimeError):
@@ -285,11 +288,13 @@ class ScoringEngine:
         """Plan batches over every pending pair and run the one holding the oldest request's first pending pair."""
         owners: list[tuple[_Job, int]] = []
         encoded: list[EncodedPair] = []
-        for job in pool:
+        for job in pool:  # the oldest requests' pending pairs, up to the planning window
             for i, pair in enumerate(job.encoded):
                 if not job.done[i]:
                     owners.append((job, i))
                     encoded.append(pair)
+            if len(encoded) >= _PLAN_WINDOW_PAIRS:
+                break
         scorer = self._scorer
         plan = plan_pair_batches(encoded, scorer.token_budget, scorer.batch_size, reuse_prefix=scorer.reuse_prefix)
         # Owners are in request order, so index 0 is the oldest request's first pending pair.
