@@ -160,7 +160,7 @@ class PixieRerank(BaseNodePostprocessor):
     ) -> None:
         if isinstance(top_n, (str, os.PathLike)):
             # A ValueError, as pydantic raises for every other bad top_n.
-            raise ValueError(
+            raise ValueError(  # noqa: TRY004
                 f"top_n must be an int, got {top_n!r}: like llama_index.core's SentenceTransformerRerank, PixieRerank "
                 "takes (top_n, model, ...) positionally; pass model=... by keyword."
             )
