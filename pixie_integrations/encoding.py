@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from .loading import LoadedModel
 from .template import DOCUMENT_HEAD, SUFFIX, format_query
 
-__all__ = ["EncodedPair", "PairEncoder"]
+__all__ = ["EncodedPair", "PairEncoder", "check_max_doc_tokens"]
 
 # Beyond this a tokenizer's model_max_length is the "no limit" sentinel transformers uses, not a real limit.
 _NO_LIMIT = 1_000_000
@@ -32,6 +32,14 @@ class EncodedPair:
     @property
     def input_ids(self) -> tuple[int, ...]:
         return self.prefix + self.rest
+
+
+def check_max_doc_tokens(max_doc_tokens: object) -> None:
+    """``max_doc_tokens`` must be a positive int or None; anything else is a ``ValueError``."""
+    if max_doc_tokens is not None and (
+        isinstance(max_doc_tokens, bool) or not isinstance(max_doc_tokens, int) or max_doc_tokens <= 0
+    ):
+        raise ValueError(f"max_doc_tokens must be a positive int or None, got {max_doc_tokens!r}")
 
 
 class PairEncoder:
@@ -61,23 +69,31 @@ class PairEncoder:
             return self._tokenizer(texts, add_special_tokens=False)["input_ids"]
 
     def encode(
-        self, pairs: list[tuple[str, str]], instruction: str, *, max_length: int | None = None
+        self,
+        pairs: list[tuple[str, str]],
+        instruction: str,
+        *,
+        max_doc_tokens: int | None = None,
+        max_length: int | None = None,
     ) -> tuple[list[EncodedPair], int]:
         """Encode pairs; returns the encodings (in order) and how many documents were cut to fit ``max_length``.
 
-        ``max_length`` overrides the encoder's for this call only (at most the encoder's own).
+        ``max_doc_tokens`` cuts each document to at most that many tokens first (the template is never cut); a
+        document cut only by it is what the caller asked for and is not counted. ``max_length`` lowers the
+        encoder's limit for this call only (documents cut by it are counted).
         """
+        check_max_doc_tokens(max_doc_tokens)
         if max_length is None:
             max_length = self.max_length
         elif isinstance(max_length, bool) or not isinstance(max_length, int) or max_length <= 0:
             raise ValueError(f"max_length must be a positive int or None, got {max_length!r}")
         max_length = min(max_length, self.max_length)
         if self._loaded.family.uses_template:
-            return self._encode_template(pairs, instruction, max_length)
-        return self._encode_plain(pairs, max_length)
+            return self._encode_template(pairs, instruction, max_doc_tokens, max_length)
+        return self._encode_plain(pairs, max_doc_tokens, max_length)
 
     def _encode_template(
-        self, pairs: list[tuple[str, str]], instruction: str, max_length: int
+        self, pairs: list[tuple[str, str]], instruction: str, max_doc_tokens: int | None, max_length: int
     ) -> tuple[list[EncodedPair], int]:
         queries = list(dict.fromkeys(q for q, _ in pairs))
         prefixes = {
@@ -95,38 +111,51 @@ class PairEncoder:
                     f"take {len(prefix)} tokens, the suffix {len(self._suffix)} and the document marker "
                     f"{self._head_len}, so at least {len(prefix) + len(self._suffix) + self._head_len} are needed."
                 )
+            if max_doc_tokens is not None:
+                # The marker's tokens are template, not document: the cap counts only what follows them.
+                doc = doc[: self._head_len + max_doc_tokens]
             if len(doc) > room:
                 doc = doc[:room]
                 truncated += 1
             encoded.append(EncodedPair(prefix=prefix, rest=tuple(doc) + self._suffix))
         return encoded, truncated
 
-    def _encode_plain(self, pairs: list[tuple[str, str]], max_length: int) -> tuple[list[EncodedPair], int]:
+    def _encode_plain(
+        self, pairs: list[tuple[str, str]], max_doc_tokens: int | None, max_length: int
+    ) -> tuple[list[EncodedPair], int]:
         queries = list(dict.fromkeys(q for q, _ in pairs))
         query_lengths = dict(zip(queries, map(len, self._ids(queries))))
         doc_lengths = list(map(len, self._ids([d for _, d in pairs])))
         truncated = 0
-        for (query, _), doc_len in zip(pairs, doc_lengths):
+        # Pairs grouped by the length limit that applies to them: "only_second" truncation to
+        # query + special tokens + max_doc_tokens cuts exactly the document's tokens beyond the cap.
+        groups: dict[int, list[int]] = {}
+        for i, ((query, _), doc_len) in enumerate(zip(pairs, doc_lengths)):
             fixed = query_lengths[query] + self._n_special
             if fixed + 1 > max_length:
                 raise ValueError(
                     f"max_length={max_length} cannot hold the query: it takes {query_lengths[query]} tokens and "
                     f"the special tokens {self._n_special}, so at least {fixed + 1} are needed."
                 )
+            if max_doc_tokens is not None:
+                doc_len = min(doc_len, max_doc_tokens)
             truncated += fixed + doc_len > max_length
-        with self._loaded.tokenizer_lock:
-            features = self._tokenizer(
-                [q for q, _ in pairs],
-                [d for _, d in pairs],
-                truncation="only_second",
-                max_length=max_length,
-            )
-        type_ids = features.get("token_type_ids")
-        encoded = [
-            EncodedPair(prefix=tuple(ids), token_type_ids=tuple(type_ids[i]) if type_ids is not None else None)
-            for i, ids in enumerate(features["input_ids"])
-        ]
-        return encoded, truncated
+            limit = max_length if max_doc_tokens is None else min(max_length, fixed + max_doc_tokens)
+            groups.setdefault(limit, []).append(i)
+        encoded: list[EncodedPair | None] = [None] * len(pairs)
+        for limit, members in groups.items():
+            with self._loaded.tokenizer_lock:
+                features = self._tokenizer(
+                    [pairs[i][0] for i in members],
+                    [pairs[i][1] for i in members],
+                    truncation="only_second",
+                    max_length=limit,
+                )
+            type_ids = features.get("token_type_ids")
+            for j, ids in enumerate(features["input_ids"]):
+                types = tuple(type_ids[j]) if type_ids is not None else None
+                encoded[members[j]] = EncodedPair(prefix=tuple(ids), token_type_ids=types)
+        return [pair for pair in encoded if pair is not None], truncated
 
 
 def _model_limit(loaded: LoadedModel) -> int:

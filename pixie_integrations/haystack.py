@@ -17,7 +17,7 @@ import logging
 import math
 import os
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 try:
     from haystack import Document, component, default_from_dict, default_to_dict
@@ -31,6 +31,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 import torch
 
 from .loading import resolve_dtype
+from .protocols import score_async
 from .scorer import DEFAULT_MODEL, PixieScorer
 from .template import DEFAULT_INSTRUCTION
 
@@ -50,7 +51,18 @@ _DTYPE_KWARGS = ("dtype", "torch_dtype")
 # ``api`` without importing the serving extra).
 _APIS = ("pixie", "vllm")
 # Settings that only shape a locally loaded model: with api_base_url the server's own settings apply instead.
-_LOCAL_ONLY = ("device", "dtype", "max_length", "batch_size", "token_budget", "model_kwargs", "tokenizer_kwargs")
+_LOCAL_ONLY = (
+    "device",
+    "dtype",
+    "max_length",
+    "batch_size",
+    "token_budget",
+    "model_kwargs",
+    "tokenizer_kwargs",
+    "config_kwargs",
+)
+# The reference ranker's `backend` values; the model runs on PyTorch (transformers) here.
+_BACKENDS = ("torch",)
 
 
 def _dtype_name(dtype: str | torch.dtype | None) -> str | None:
@@ -81,20 +93,22 @@ def _split_dtype(dtype: str | None, model_kwargs: dict[str, Any] | None) -> tupl
     return dtype, kwargs
 
 
-def _deduplicate(documents: list[Document], texts: list[str], scores: dict[str, float]) -> list[tuple[float, Document]]:
-    """One (score, document) per document id, in order of first appearance.
+def _deduplicate(documents: list[Document]) -> list[Document]:
+    """One document per id, in order of first appearance, before anything is scored (the reference ranker's rule).
 
-    Keeps the copy with the higher rerank score; among equal ones (true duplicates share their text) the higher
-    retrieval score wins, as in the reference ranker.
+    Among documents sharing an id the one with the higher *retrieval* score is kept (no score counts as lowest; on a
+    tie the first one stays), so the same document survives as with ``SentenceTransformersSimilarityRanker``.
     """
-    best: dict[str, tuple[float, float, Document]] = {}
-    for doc, text in zip(documents, texts, strict=True):
-        score = scores[text]
-        prior = doc.score if doc.score is not None else -math.inf
+    best: dict[str, Document] = {}
+    for doc in documents:
         kept = best.get(doc.id)
-        if kept is None or (score, prior) > (kept[0], kept[1]):
-            best[doc.id] = (score, prior, doc)
-    return [(score, doc) for score, _, doc in best.values()]
+        if kept is None or _retrieval_score(doc) > _retrieval_score(kept):
+            best[doc.id] = doc
+    return list(best.values())
+
+
+def _retrieval_score(doc: Document) -> float:
+    return doc.score if doc.score is not None else -math.inf
 
 
 def _check_remote(
@@ -168,6 +182,10 @@ class PixieRanker:
         instruction: str | None = None,
         meta_fields_to_embed: list[str] | None = None,
         embedding_separator: str = "\n",
+        query_prefix: str = "",
+        query_suffix: str = "",
+        document_prefix: str = "",
+        document_suffix: str = "",
         scale_score: bool = True,
         score_threshold: float | None = None,
         dtype: str | torch.dtype | None = None,
@@ -177,6 +195,8 @@ class PixieRanker:
         trust_remote_code: bool = False,
         model_kwargs: dict[str, Any] | None = None,
         tokenizer_kwargs: dict[str, Any] | None = None,
+        config_kwargs: dict[str, Any] | None = None,
+        backend: Literal["torch", "onnx", "openvino"] = "torch",
         api_base_url: str | None = None,
         api: str = "pixie",
         api_key: Secret | None = Secret.from_env_var("PIXIE_API_KEY", strict=False),  # noqa: B008
@@ -195,6 +215,14 @@ class PixieRanker:
             domain's task. ``None``: the model card's default instruction.
         :param meta_fields_to_embed: Meta fields whose values are scored with the content, before it.
         :param embedding_separator: Separator between the meta values and the content.
+        :param query_prefix: Text added before the query. For a PIXIE / Qwen3-Reranker model it goes inside the
+            prompt template (``<Query>: {query_prefix}{query}{query_suffix}``); for an encoder cross-encoder, before
+            the query of the plain pair. The template itself is always built for you.
+        :param query_suffix: Text added after the query, in the same place.
+        :param document_prefix: Text added before each document's text (meta values and content), inside the
+            template's ``<Document>:`` part for template models, before the document of the pair for encoders.
+        :param document_suffix: Text added after each document's text, in the same place. Truncation cuts the end of
+            the document part, so a long document may lose this suffix; the template is never cut.
         :param scale_score: ``True``: relevance probabilities (sigmoid, in float32). ``False``: raw logits.
         :param score_threshold: Return only documents whose score is at least this (on the scale chosen by
             ``scale_score``).
@@ -209,6 +237,10 @@ class PixieRanker:
         :param model_kwargs: Extra keyword arguments for the model's ``from_pretrained``. A ``torch_dtype`` or
             ``dtype`` here is taken as ``dtype``.
         :param tokenizer_kwargs: Extra keyword arguments for ``AutoTokenizer.from_pretrained``.
+        :param config_kwargs: Extra keyword arguments for ``AutoConfig.from_pretrained`` (config attributes to
+            override), as in the reference ranker.
+        :param backend: Only ``"torch"``: the model runs on PyTorch through transformers. Accepted so that pipelines
+            saved with the reference ranker (which always saves it) load; ``"onnx"`` and ``"openvino"`` are refused.
         :param api_base_url: Root URL of a scoring server, e.g. ``"http://127.0.0.1:8000"`` (without ``/v1``).
             Set: :meth:`warm_up` creates a :class:`~pixie_integrations.serving.RemoteScorer` instead of loading a
             model, and the server's own device, dtype and length limit apply. Needs the ``serve`` extra.
@@ -218,11 +250,12 @@ class PixieRanker:
         :param api_key: Sent as ``Authorization: Bearer <key>`` to a server started with an API key; nothing is
             sent when it resolves to no value. Serialized as the names of its environment variables, never as a
             value. Only used with ``api_base_url``.
-        :raises ValueError: If ``top_k``, ``batch_size`` or ``token_budget`` is not > 0, ``dtype`` is unknown,
+        :raises ValueError: If ``top_k``, ``batch_size`` or ``token_budget`` is not > 0, ``dtype`` or ``backend`` is
+            unknown or unsupported,
             ``device`` is a multi-device map, ``api`` is unknown or ``api_base_url`` is not an http(s) URL, or
             ``api_base_url`` is combined with a setting that only applies to a local model (``device``, ``dtype``,
             ``max_length``, ``batch_size``, ``token_budget``, ``model_kwargs``, ``tokenizer_kwargs``,
-            ``trust_remote_code=True``), or ``api`` is set without it.
+            ``config_kwargs``, ``trust_remote_code=True``), or ``api`` is set without it.
         :raises ImportError: If ``api_base_url`` is set and the ``serve`` extra is not installed.
         """
         if top_k <= 0:
@@ -237,6 +270,20 @@ class PixieRanker:
             raise ValueError("PixieRanker runs on a single device; pass ComponentDevice.from_str(...), not a map.")
         if instruction is not None and not isinstance(instruction, str):
             raise TypeError(f"instruction must be a str or None, not {type(instruction).__name__}")
+        if backend not in _BACKENDS:
+            raise ValueError(
+                f"backend={backend!r} is not supported: PixieRanker runs the model on PyTorch through transformers, "
+                f"so backend must be one of {_BACKENDS} (for speed see dtype, token_budget and api_base_url)."
+            )
+        affixes = {
+            "query_prefix": query_prefix,
+            "query_suffix": query_suffix,
+            "document_prefix": document_prefix,
+            "document_suffix": document_suffix,
+        }
+        for name, value in affixes.items():
+            if not isinstance(value, str):
+                raise TypeError(f"{name} must be a str, not {type(value).__name__}")
         _check_remote(
             api_base_url,
             api,
@@ -249,6 +296,7 @@ class PixieRanker:
                 "token_budget": token_budget,
                 "model_kwargs": model_kwargs,
                 "tokenizer_kwargs": tokenizer_kwargs,
+                "config_kwargs": config_kwargs,
             },
             trust_remote_code=trust_remote_code,
         )
@@ -260,6 +308,10 @@ class PixieRanker:
         self.instruction = instruction
         self.meta_fields_to_embed = list(meta_fields_to_embed or [])
         self.embedding_separator = embedding_separator
+        self.query_prefix = query_prefix
+        self.query_suffix = query_suffix
+        self.document_prefix = document_prefix
+        self.document_suffix = document_suffix
         self.scale_score = scale_score
         self.score_threshold = score_threshold
         self.dtype = _dtype_name(dtype)
@@ -269,6 +321,8 @@ class PixieRanker:
         self.trust_remote_code = trust_remote_code
         self.model_kwargs = model_kwargs
         self.tokenizer_kwargs = tokenizer_kwargs
+        self.config_kwargs = config_kwargs
+        self.backend = backend
         self.api_base_url = api_base_url
         self.api = api
         self.api_key = api_key
@@ -277,12 +331,21 @@ class PixieRanker:
 
     @property
     def scorer(self) -> "PixieScorer | RemoteScorer | None":
-        """The scorer once warmed up (``None`` before); use it to score outside the pipeline.
+        """The scorer once warmed up, ``None`` before; :meth:`get_scorer` warms up and never gives ``None``."""
+        return self._scorer
+
+    def get_scorer(self) -> "PixieScorer | RemoteScorer":
+        """The scorer behind this ranker, warming up first if needed: use it to score outside the pipeline.
 
         The shared :class:`~pixie_integrations.PixieScorer`, or with ``api_base_url`` the
         :class:`~pixie_integrations.serving.RemoteScorer` that talks to the server.
         """
-        return self._scorer
+        scorer = self._scorer
+        if scorer is None:
+            self.warm_up()
+            scorer = self._scorer
+        assert scorer is not None  # warm_up always sets it
+        return scorer
 
     def warm_up(self) -> None:
         """Load the model, once: later calls return at once (a Pipeline calls this at every run).
@@ -314,6 +377,7 @@ class PixieRanker:
                 batch_size=self.batch_size,
                 model_kwargs=model_kwargs,
                 tokenizer_kwargs=self.tokenizer_kwargs,
+                config_kwargs=self.config_kwargs,
             )
 
     async def warm_up_async(self) -> None:
@@ -360,6 +424,10 @@ class PixieRanker:
             instruction=self.instruction,
             meta_fields_to_embed=self.meta_fields_to_embed,
             embedding_separator=self.embedding_separator,
+            query_prefix=self.query_prefix,
+            query_suffix=self.query_suffix,
+            document_prefix=self.document_prefix,
+            document_suffix=self.document_suffix,
             scale_score=self.scale_score,
             score_threshold=self.score_threshold,
             dtype=self.dtype,
@@ -369,6 +437,8 @@ class PixieRanker:
             trust_remote_code=self.trust_remote_code,
             model_kwargs=model_kwargs,
             tokenizer_kwargs=self.tokenizer_kwargs,
+            config_kwargs=self.config_kwargs,
+            backend=self.backend,
             api_base_url=self.api_base_url,
             api=self.api,
             api_key=self.api_key,
@@ -395,13 +465,14 @@ class PixieRanker:
         """
         Rank documents by relevance to the query, best first.
 
-        Documents sharing an id are collapsed to one (the higher score wins). The text scored is the values of
-        ``meta_fields_to_embed`` and the content, joined by ``embedding_separator``; a document with
-        ``content=None`` is scored on its meta values alone (``""`` when it has none). The caller's documents are
-        not modified: the output holds copies with the new ``score``.
+        Documents sharing an id are collapsed to one before scoring: the one with the higher retrieval score stays,
+        as in the reference ranker. The text scored is ``document_prefix``, the values of ``meta_fields_to_embed``
+        and the content joined by ``embedding_separator``, then ``document_suffix``; the query is ``query_prefix``,
+        the query, ``query_suffix``. The caller's documents are not modified: the output holds copies with the new
+        ``score``.
 
         :param query: The query to rank the documents against.
-        :param documents: The documents to rank; an empty list gives an empty list.
+        :param documents: The documents to rank; an empty list gives an empty list (whatever the other arguments).
         :param top_k: Most documents to return. Overrides the init value when not ``None``.
         :param scale_score: ``True``: probabilities; ``False``: logits. Overrides the init value when not ``None``.
         :param score_threshold: Keep only scores >= this. Overrides the init value when not ``None``.
@@ -409,10 +480,15 @@ class PixieRanker:
             applied, then cut to ``top_k``.
         :raises ValueError: If ``top_k`` is not > 0.
         """
-        top_k, scale_score, score_threshold = self._resolve(top_k, scale_score, score_threshold)
         if not documents:
-            return {"documents": []}
-        return {"documents": self._rank(query, documents, top_k, scale_score, score_threshold)}
+            return {"documents": []}  # before checking top_k, as the reference ranker does
+        top_k, scale_score, score_threshold = self._resolve(top_k, scale_score, score_threshold)
+        candidates, query_text, texts = self._prepare(query, documents)
+        if self._scorer is None:
+            self._log_lazy_warm_up()
+        unique = list(dict.fromkeys(texts))  # identical texts (under different ids) are scored once
+        scores = self.get_scorer().score(query_text, unique, raw=not scale_score)
+        return {"documents": self._select(candidates, texts, unique, scores, top_k, score_threshold)}
 
     @component.output_types(documents=list[Document])
     async def run_async(
@@ -424,13 +500,21 @@ class PixieRanker:
         score_threshold: float | None = None,
     ) -> dict[str, list[Document]]:
         """
-        Asynchronous :meth:`run`: same parameters and result; the model runs in a worker thread, not on the loop.
+        Asynchronous :meth:`run`: same parameters and result, and the event loop stays free.
+
+        A scorer with an ``ascore`` coroutine method is awaited; otherwise the scoring runs in a worker thread. A
+        lazy warm-up (the model load) also runs in a worker thread.
         """
-        top_k, scale_score, score_threshold = self._resolve(top_k, scale_score, score_threshold)
         if not documents:
             return {"documents": []}
-        ranked = await asyncio.to_thread(self._rank, query, documents, top_k, scale_score, score_threshold)
-        return {"documents": ranked}
+        top_k, scale_score, score_threshold = self._resolve(top_k, scale_score, score_threshold)
+        candidates, query_text, texts = self._prepare(query, documents)
+        if self._scorer is None:
+            self._log_lazy_warm_up()
+            await self.warm_up_async()
+        unique = list(dict.fromkeys(texts))
+        scores = await score_async(self.get_scorer(), query_text, unique, raw=not scale_score)
+        return {"documents": self._select(candidates, texts, unique, scores, top_k, score_threshold)}
 
     # -- internals -------------------------------------------------------------------------------------------------
     def _resolve(
@@ -444,30 +528,41 @@ class PixieRanker:
             raise ValueError(f"top_k must be > 0, but got {top_k}")
         return top_k, scale_score, score_threshold
 
-    def _text(self, doc: Document) -> str:
-        # Missing, None and "" add nothing; unlike the reference ranker, 0 and False are real values and are kept.
-        values = (doc.meta.get(key) for key in self.meta_fields_to_embed)
-        meta = [str(value) for value in values if value is not None and not (isinstance(value, str) and not value)]
-        # content=None (a blob-only document) adds no text, not even a trailing separator: it is scored on its meta.
-        return self.embedding_separator.join([*meta, doc.content] if doc.content is not None else meta)
-
-    def _rank(
-        self, query: str, documents: list[Document], top_k: int, scale_score: bool, score_threshold: float | None
-    ) -> list[Document]:
+    def _prepare(self, query: str, documents: list[Document]) -> tuple[list[Document], str, list[str]]:
+        """The documents left after collapsing ids, the query text and each document's text, as scored."""
+        if not isinstance(query, str):
+            raise TypeError(f"query must be a str, not {type(query).__name__}")
         for i, doc in enumerate(documents):
             if not isinstance(doc, Document):
                 raise TypeError(f"documents[{i}] must be a haystack Document, not {type(doc).__name__}")
-        if self._scorer is None:
-            if self.api_base_url is None:
-                logger.info("PixieRanker.run called before warm_up(); loading %s now.", self.model)
-            else:
-                logger.info("PixieRanker.run called before warm_up(); connecting to %s now.", self.api_base_url)
-            self.warm_up()
-        assert self._scorer is not None
-        texts = [self._text(doc) for doc in documents]
-        unique = list(dict.fromkeys(texts))  # duplicates (same id, or same text) are scored once
-        scores = dict(zip(unique, self._scorer.score(query, unique, raw=not scale_score), strict=True))
-        ranked = sorted(_deduplicate(documents, texts, scores), key=lambda pair: -pair[0])  # stable
+        candidates = _deduplicate(documents)
+        texts = [self.document_prefix + self._text(doc) + self.document_suffix for doc in candidates]
+        return candidates, self.query_prefix + query + self.query_suffix, texts
+
+    def _text(self, doc: Document) -> str:
+        # The reference ranker's rule: missing and None meta values are skipped; "", 0 and False are real values.
+        meta = [str(doc.meta[key]) for key in self.meta_fields_to_embed if doc.meta.get(key) is not None]
+        return self.embedding_separator.join([*meta, doc.content or ""])
+
+    def _log_lazy_warm_up(self) -> None:
+        if self.api_base_url is None:
+            logger.info("PixieRanker.run called before warm_up(); loading %s now.", self.model)
+        else:
+            logger.info("PixieRanker.run called before warm_up(); connecting to %s now.", self.api_base_url)
+
+    @staticmethod
+    def _select(
+        candidates: list[Document],
+        texts: list[str],
+        unique: list[str],
+        scores: list[float],
+        top_k: int,
+        score_threshold: float | None,
+    ) -> list[Document]:
+        if len(scores) != len(unique):  # a scorer bug must not silently drop or misalign documents
+            raise RuntimeError(f"The scorer returned {len(scores)} scores for {len(unique)} texts.")
+        by_text = dict(zip(unique, scores, strict=True))
+        ranked = sorted(zip((by_text[t] for t in texts), candidates), key=lambda pair: -pair[0])  # stable
         if score_threshold is not None:
             ranked = [(score, doc) for score, doc in ranked if score >= score_threshold]
         return [dataclasses.replace(doc, score=float(score)) for score, doc in ranked[:top_k]]

@@ -11,6 +11,8 @@ Needs ``pip install "pixie-integrations[langchain]"``.
 from __future__ import annotations
 
 import asyncio
+import copy
+import inspect
 import logging
 import os
 import threading
@@ -29,7 +31,7 @@ except ImportError as exc:  # pragma: no cover - exercised by a test that hides 
 
 import torch
 
-from .protocols import Scorer
+from .protocols import Scorer, score_async
 from .scorer import DEFAULT_MODEL, PixieScorer
 
 __all__ = ["DEFAULT_MODEL", "PixieRerank"]
@@ -43,13 +45,16 @@ _RUN_NAME = "PixieRerank"
 
 
 class _Unset:
-    """Marker for "use the instance's setting" in :meth:`PixieRerank.rerank` (``None`` already means "all")."""
+    """Marker for "use the instance's setting" in :meth:`PixieRerank.rerank` (``None`` already means "no threshold")."""
 
     def __repr__(self) -> str:
         return "<instance setting>"
 
 
 _UNSET = _Unset()
+
+RerankDocument = str | Document | dict[str, Any]
+"""What :meth:`PixieRerank.rerank` takes, as ``CohereRerank.rerank`` does: a text, a Document or an object."""
 
 
 def _check_top_n(top_n: object) -> int | None:
@@ -92,6 +97,7 @@ class PixieRerank(BaseDocumentCompressor):
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, use_attribute_docstrings=True)
 
     _scorer: PixieScorer | None = PrivateAttr(default=None)
+    _model_scorers: dict[str, PixieScorer] = PrivateAttr(default_factory=dict)
 
     @field_validator("model", mode="before")
     @classmethod
@@ -129,36 +135,70 @@ class PixieRerank(BaseDocumentCompressor):
         return self
 
     # -- the scorer ------------------------------------------------------------------------------------------------
-    def _get_scorer(self) -> Scorer:
+    def get_scorer(self) -> Scorer:
+        """The scorer behind this reranker (loading the model on first use): use it to score outside a chain.
+
+        The one given as ``scorer=``, else the shared :class:`PixieScorer` for ``model``, ``device`` and ``dtype``.
+        """
+        return self._scorer_for(None)
+
+    def _scorer_for(self, model: str | None) -> Scorer:
+        """The scorer for a call's ``model`` (``None`` or the instance's: the instance's scorer)."""
+        if model is None or model == self.model:
+            if self.scorer is not None:
+                return self.scorer
+            if self._scorer is None:
+                with _SCORER_LOCK:
+                    if self._scorer is None:
+                        logger.debug("PixieRerank: creating a scorer for %s", self.model)
+                        # The core's registry hands back already-loaded weights for the same model/device/dtype.
+                        self._scorer = self._new_scorer(self.model)
+            return self._scorer
         if self.scorer is not None:
-            return self.scorer
-        if self._scorer is None:
-            with _SCORER_LOCK:
-                if self._scorer is None:
-                    logger.debug("PixieRerank: creating a scorer for %s", self.model)
-                    # The core's registry hands back already-loaded weights for the same model/device/dtype.
-                    self._scorer = PixieScorer(
-                        self.model, device=self.device, dtype=self.dtype, max_length=self.max_length
-                    )
-        return self._scorer
+            raise ValueError(
+                f"model={model!r}: this PixieRerank scores with the given scorer, which serves "
+                f"{self.scorer.model_name!r}; make another PixieRerank with a scorer for {model!r}."
+            )
+        with _SCORER_LOCK:
+            # Kept per instance, so that a model asked for per call is loaded once, not at every call.
+            scorer = self._model_scorers.get(model)
+            if scorer is None:
+                logger.info("PixieRerank: loading %s for calls that ask for it", model)
+                scorer = self._model_scorers[model] = self._new_scorer(model)
+        return scorer
+
+    def _new_scorer(self, model: str) -> PixieScorer:
+        return PixieScorer(model, device=self.device, dtype=self.dtype, max_length=self.max_length)
 
     # -- public API ------------------------------------------------------------------------------------------------
     def rerank(
         self,
-        documents: Sequence[str | Document],
+        documents: Sequence[RerankDocument],
         query: str,
         *,
-        top_n: int | None | _Unset = _UNSET,
+        rank_fields: Sequence[str] | None = None,
+        model: str | None = None,
+        top_n: int | None = -1,
+        max_tokens_per_doc: int | None = None,
         instruction: str | None = None,
         score_threshold: float | None | _Unset = _UNSET,
         callbacks: Callbacks = None,
     ) -> list[dict[str, Any]]:
         """Score documents against the query and return the kept ones, best first (ties keep input order).
 
+        The arguments up to ``max_tokens_per_doc`` are ``CohereRerank.rerank``'s, with its meanings.
+
         Args:
-            documents: Texts or ``Document`` objects (their ``page_content`` is scored).
+            documents: Texts, ``Document`` objects (their ``page_content`` is scored) or dicts (scored as YAML,
+                ``key: value`` lines, as langchain-cohere renders them; non-ASCII text stays as it is).
             query: The search query.
-            top_n: How many to return; ``None`` returns all. Defaults to the instance's ``top_n``.
+            rank_fields: For dict documents, the keys to score, in this order (others are left out). ``None``: all.
+            model: The checkpoint to score with for this call; ``None`` (or the instance's): the instance's scorer.
+                Another one is loaded once, on the instance's device and dtype, and kept for later calls.
+            top_n: How many to return: a positive int; ``None`` returns all; ``-1`` or any value <= 0 (Cohere's
+                "not given") uses the instance's ``top_n``.
+            max_tokens_per_doc: Cut each document to at most this many tokens before scoring (only the document's
+                tokens count; the prompt template is never cut). ``None``: no cut beyond ``max_length``.
             instruction: Task instruction for this call; ``None`` uses the instance's, then the scorer's.
             score_threshold: Drop documents scoring below it; defaults to the instance's ``score_threshold``.
             callbacks: LangChain callbacks; the rerank is traced as a child run named ``PixieRerank``.
@@ -176,7 +216,11 @@ class PixieRerank(BaseDocumentCompressor):
             name=_RUN_NAME,
         )
         try:
-            results = self._rank(documents, query, n, instr, threshold)
+            _check_query(query)
+            texts = _texts(documents, rank_fields)
+            scorer = self._scorer_for(model)
+            scores = scorer.score(query, texts, instruction=instr, **_options(scorer, max_tokens_per_doc))
+            results = _select(scores, len(texts), n, threshold)
         except BaseException as exc:
             run.on_chain_error(exc)
             raise
@@ -185,15 +229,22 @@ class PixieRerank(BaseDocumentCompressor):
 
     async def arerank(
         self,
-        documents: Sequence[str | Document],
+        documents: Sequence[RerankDocument],
         query: str,
         *,
-        top_n: int | None | _Unset = _UNSET,
+        rank_fields: Sequence[str] | None = None,
+        model: str | None = None,
+        top_n: int | None = -1,
+        max_tokens_per_doc: int | None = None,
         instruction: str | None = None,
         score_threshold: float | None | _Unset = _UNSET,
         callbacks: Callbacks = None,
     ) -> list[dict[str, Any]]:
-        """Async :meth:`rerank`: loading and scoring run in a worker thread, so the event loop stays free."""
+        """Async :meth:`rerank`, the same arguments: the event loop stays free.
+
+        A scorer with an ``ascore`` coroutine method is awaited; otherwise scoring runs in a worker thread. The
+        first call's model load also runs in a worker thread.
+        """
         n, instr, threshold = self._call_settings(top_n, instruction, score_threshold)
         if len(documents) == 0:
             return []
@@ -204,8 +255,12 @@ class PixieRerank(BaseDocumentCompressor):
             name=_RUN_NAME,
         )
         try:
-            # The first call also loads the model (seconds): both happen off the event loop.
-            results = await asyncio.to_thread(self._rank, documents, query, n, instr, threshold)
+            _check_query(query)
+            texts = _texts(documents, rank_fields)
+            scorer = await asyncio.to_thread(self._scorer_for, model)  # may load the model (seconds)
+            options = _options(scorer, max_tokens_per_doc)
+            scores = await score_async(scorer, query, texts, instruction=instr, **options)
+            results = _select(scores, len(texts), n, threshold)
         except BaseException as exc:
             await run.on_chain_error(exc)
             raise
@@ -220,7 +275,8 @@ class PixieRerank(BaseDocumentCompressor):
     ) -> Sequence[Document]:
         """Rerank documents: copies of the kept ones, best first, each with ``metadata["relevance_score"]``.
 
-        The input documents are not modified; their ``id`` and other metadata are kept in the copies.
+        The input documents are not modified, and the copies share no mutable metadata with them (nested values are
+        copied too); their ``id`` and other metadata are kept.
         """
         results = self.rerank(documents, query, callbacks=callbacks)
         return _scored_copies(documents, results)
@@ -231,45 +287,39 @@ class PixieRerank(BaseDocumentCompressor):
         query: str,
         callbacks: Callbacks | None = None,
     ) -> Sequence[Document]:
-        """Async :meth:`compress_documents`; the scoring runs in a worker thread."""
+        """Async :meth:`compress_documents`."""
         results = await self.arerank(documents, query, callbacks=callbacks)
         return _scored_copies(documents, results)
 
     # -- internals -------------------------------------------------------------------------------------------------
     def _call_settings(
-        self, top_n: int | None | _Unset, instruction: str | None, score_threshold: float | None | _Unset
+        self, top_n: int | None, instruction: str | None, score_threshold: float | None | _Unset
     ) -> tuple[int | None, str | None, float | None]:
         # An explicit argument wins even when falsy (never `x or self.x`): top_n=None and score_threshold=0.0 are
-        # real requests.
-        call_top_n = self.top_n if isinstance(top_n, _Unset) else _check_top_n(top_n)
+        # real requests. A top_n <= 0 is Cohere's "not given" (its default is -1): the instance's setting.
+        if isinstance(top_n, int) and not isinstance(top_n, bool) and top_n <= 0:
+            call_top_n = self.top_n
+        else:
+            call_top_n = _check_top_n(top_n)
         threshold = self.score_threshold if isinstance(score_threshold, _Unset) else score_threshold
         return call_top_n, instruction if instruction is not None else self.instruction, threshold
 
     def _run_metadata(self, top_n: int | None, score_threshold: float | None) -> dict[str, Any]:
         return {"pixie_model": self.model, "top_n": top_n, "score_threshold": score_threshold}
 
-    def _rank(
-        self,
-        documents: Sequence[str | Document],
-        query: str,
-        top_n: int | None,
-        instruction: str | None,
-        score_threshold: float | None,
-    ) -> list[dict[str, Any]]:
-        if not isinstance(query, str):
-            raise TypeError(f"query must be a str, not {type(query).__name__}")
-        texts = [_text_of(doc, i) for i, doc in enumerate(documents)]
-        scores = self._get_scorer().score(query, texts, instruction=instruction)
-        # sorted() is stable: equal scores keep their input order.
-        order = sorted(range(len(scores)), key=lambda i: -scores[i])
-        if score_threshold is not None:
-            order = [i for i in order if scores[i] >= score_threshold]
-        if top_n is not None:
-            order = order[:top_n]
-        return [{"index": i, "relevance_score": float(scores[i])} for i in order]
+
+def _check_query(query: object) -> None:
+    if not isinstance(query, str):
+        raise TypeError(f"query must be a str, not {type(query).__name__}")
 
 
-def _text_of(doc: object, position: int) -> str:
+def _texts(documents: Sequence[RerankDocument], rank_fields: Sequence[str] | None) -> list[str]:
+    if rank_fields is not None and (isinstance(rank_fields, str) or not all(isinstance(f, str) for f in rank_fields)):
+        raise TypeError(f"rank_fields must be a sequence of str or None, got {rank_fields!r}")
+    return [_text_of(doc, i, rank_fields) for i, doc in enumerate(documents)]
+
+
+def _text_of(doc: object, position: int, rank_fields: Sequence[str] | None) -> str:
     if isinstance(doc, Document):
         text = doc.page_content
         if not isinstance(text, str):
@@ -277,16 +327,62 @@ def _text_of(doc: object, position: int) -> str:
         return text
     if isinstance(doc, str):
         return doc
-    raise TypeError(f"documents[{position}] must be a str or a langchain Document, not {type(doc).__name__}")
+    if isinstance(doc, dict):
+        return _render_object(doc, rank_fields)
+    raise TypeError(f"documents[{position}] must be a str, a langchain Document or a dict, not {type(doc).__name__}")
+
+
+def _render_object(doc: dict[str, Any], rank_fields: Sequence[str] | None) -> str:
+    """A dict document as langchain-cohere sends it to Cohere: the ``rank_fields`` keys (all when none are given,
+    an empty one keeps all too, as there), in that order, dumped as YAML.
+
+    Unlike there, non-ASCII text is kept as it is (``allow_unicode``): PyYAML's default writes Korean as
+    ``\\uXXXX`` escapes, which the model would read as noise.
+    """
+    import yaml  # PyYAML: a dependency of langchain-core
+
+    fields = {key: doc[key] for key in rank_fields if key in doc} if rank_fields else doc
+    return yaml.dump(fields, sort_keys=False, allow_unicode=True)
+
+
+def _options(scorer: Scorer, max_tokens_per_doc: int | None) -> dict[str, Any]:
+    """The scorer keywords for Cohere's ``max_tokens_per_doc`` (none when it is not given)."""
+    if max_tokens_per_doc is None:
+        return {}
+    if isinstance(max_tokens_per_doc, bool) or not isinstance(max_tokens_per_doc, int) or max_tokens_per_doc <= 0:
+        raise ValueError(f"max_tokens_per_doc must be a positive int or None, got {max_tokens_per_doc!r}")
+    parameters = inspect.signature(scorer.score).parameters
+    takes = "max_doc_tokens" in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
+    if not takes:
+        raise TypeError(
+            f"max_tokens_per_doc needs a scorer that can cut documents (score(..., max_doc_tokens=...)); "
+            f"{type(scorer).__name__}.score has no max_doc_tokens."
+        )
+    return {"max_doc_tokens": max_tokens_per_doc}
+
+
+def _select(
+    scores: Sequence[float], count: int, top_n: int | None, score_threshold: float | None
+) -> list[dict[str, Any]]:
+    if len(scores) != count:  # a scorer bug must not silently drop or misalign documents
+        raise RuntimeError(f"The scorer returned {len(scores)} scores for {count} documents.")
+    # sorted() is stable: equal scores keep their input order.
+    order = sorted(range(count), key=lambda i: -scores[i])
+    if score_threshold is not None:
+        order = [i for i in order if scores[i] >= score_threshold]
+    if top_n is not None:
+        order = order[:top_n]
+    return [{"index": i, "relevance_score": float(scores[i])} for i in order]
 
 
 def _scored_copies(documents: Sequence[Document], results: list[dict[str, Any]]) -> list[Document]:
     copies = []
     for result in results:
         doc = documents[result["index"]]
-        # A new metadata dict on a model_copy: the caller's Document stays untouched, `id` survives, and a stale
-        # relevance_score from an earlier reranker is overwritten rather than kept.
-        metadata = {**doc.metadata, "relevance_score": result["relevance_score"]}
+        # A deep copy of the metadata on a model_copy: the caller's Document and its nested values (lists, dicts)
+        # stay untouched whatever is done to the output, `id` survives, and a stale relevance_score from an earlier
+        # reranker is overwritten rather than kept.
+        metadata = {**copy.deepcopy(doc.metadata), "relevance_score": result["relevance_score"]}
         copies.append(doc.model_copy(update={"metadata": metadata}))
     return copies
 

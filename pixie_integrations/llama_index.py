@@ -13,6 +13,7 @@ text, and every adapter asking for the same checkpoint shares one copy of the we
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import math
 import os
@@ -35,7 +36,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 import torch
 
 from .loading import resolve_dtype
-from .protocols import Scorer
+from .protocols import Scorer, score_async
 from .scorer import DEFAULT_MODEL, PixieScorer
 
 __all__ = ["RETRIEVAL_SCORE_KEY", "PixieRerank"]
@@ -47,6 +48,8 @@ RETRIEVAL_SCORE_KEY = "retrieval_score"
 """Metadata key that holds the first-stage score when ``keep_retrieval_score=True`` (the built-ins' key)."""
 
 _DEFAULT_TOP_N = 2
+# The reference's cross_encoder_kwargs (llama-index-postprocessor-sbert-rerank) that mean something here.
+_CROSS_ENCODER_KWARGS = ("max_length", "trust_remote_code")
 
 
 class _ScorerSlot:
@@ -83,16 +86,20 @@ class PixieRerank(BaseNodePostprocessor):
 
     Each node's text, ``node.node.get_content(metadata_mode=metadata_mode)``, is scored against the query; the result
     is a new list of new ``NodeWithScore`` objects, best first, holding the relevance probability as a Python float.
-    The caller's nodes are never modified.
+    The caller's nodes are never modified (``SentenceTransformerRerank`` sets the score on the caller's objects).
+
+    The first arguments are ``SentenceTransformerRerank``'s, in its order: ``PixieRerank(3, "model")`` works, and
+    so does ``PixieRerank.from_dict(saved)`` of its saved config.
 
     Args:
+        top_n: How many nodes to return (fewer if fewer come in). Must be positive.
         model: Hugging Face Hub id or local folder of the reranker. ``None``: the scorer's model if ``scorer`` is
             given, else ``DEFAULT_MODEL``.
-        top_n: How many nodes to return (fewer if fewer come in). Must be positive.
-        instruction: Task instruction of the prompt template; ``None`` uses the scorer's (the model card's default).
-        keep_retrieval_score: Keep the first-stage score in ``metadata["retrieval_score"]`` of a copied node.
-        metadata_mode: Which metadata goes into the scored text (the built-in rerankers use ``EMBED``).
         device: Where to run the model (``"cuda"``, ``"cpu"``, ...); ``None`` picks the best available.
+        keep_retrieval_score: Keep the first-stage score in ``metadata["retrieval_score"]`` of a copied node.
+        trust_remote_code: Allow checkpoints that ship their own modelling code (some encoder rerankers need it).
+        instruction: Task instruction of the prompt template; ``None`` uses the scorer's (the model card's default).
+        metadata_mode: Which metadata goes into the scored text (the built-in rerankers use ``EMBED``).
         dtype: Weight dtype (``"float32"``, ``"bfloat16"``, ...); ``None`` picks one for the device.
         max_length: Most tokens of one (query, document) input; ``None`` uses the model's limit.
         scorer: An existing scorer to share: a :class:`PixieScorer`, a
@@ -100,6 +107,8 @@ class PixieRerank(BaseNodePostprocessor):
             ``device``, ``dtype`` and ``max_length`` unset: the scorer already fixes them). Without it one is created
             on first use, sharing the weights of any other scorer of the same model, device and dtype.
         callback_manager: LlamaIndex callback manager (query engines set their own).
+        cross_encoder_kwargs: The newer ``SentenceTransformerRerank``'s CrossEncoder options, so that its saved
+            configs load: ``max_length`` and ``trust_remote_code`` are taken as those settings; others are refused.
     """
 
     # LlamaIndex components silently drop unknown arguments; a typo such as ``top_k=`` must fail instead.
@@ -127,23 +136,43 @@ class PixieRerank(BaseNodePostprocessor):
     max_length: int | None = Field(
         default=None, gt=0, description="Most tokens of one (query, document) input; None uses the model's limit."
     )
+    trust_remote_code: bool = Field(
+        default=False, description="Allow checkpoints that ship their own modelling code (some encoder rerankers)."
+    )
 
     _slot: _ScorerSlot = PrivateAttr(default_factory=_ScorerSlot)
 
     def __init__(
         self,
-        *,
-        model: str | os.PathLike[str] | None = None,
         top_n: int = _DEFAULT_TOP_N,
-        instruction: str | None = None,
-        keep_retrieval_score: bool = False,
-        metadata_mode: MetadataMode | str = MetadataMode.EMBED,
+        model: str | os.PathLike[str] | None = None,
         device: str | torch.device | None = None,
+        keep_retrieval_score: bool = False,
+        trust_remote_code: bool = False,
+        *,
+        instruction: str | None = None,
+        metadata_mode: MetadataMode | str = MetadataMode.EMBED,
         dtype: str | torch.dtype | None = None,
         max_length: int | None = None,
         scorer: Scorer | None = None,
         callback_manager: CallbackManager | None = None,
+        cross_encoder_kwargs: dict[str, Any] | None = None,
     ) -> None:
+        if isinstance(top_n, (str, os.PathLike)):
+            # A ValueError, as pydantic raises for every other bad top_n.
+            raise ValueError(  # noqa: TRY004
+                f"top_n must be an int, got {top_n!r}: like llama_index.core's SentenceTransformerRerank, PixieRerank "
+                "takes (top_n, model, ...) positionally; pass model=... by keyword."
+            )
+        if cross_encoder_kwargs:
+            unknown = sorted(set(cross_encoder_kwargs) - set(_CROSS_ENCODER_KWARGS))
+            if unknown:
+                raise ValueError(
+                    f"cross_encoder_kwargs {unknown} have no meaning here; only {list(_CROSS_ENCODER_KWARGS)} are "
+                    "taken (as max_length= and trust_remote_code=)."
+                )
+            max_length = cross_encoder_kwargs.get("max_length", max_length)
+            trust_remote_code = cross_encoder_kwargs.get("trust_remote_code", trust_remote_code)
         if scorer is not None:
             if not isinstance(scorer, Scorer):
                 raise TypeError(
@@ -152,6 +181,8 @@ class PixieRerank(BaseNodePostprocessor):
                 )
             settings = {"device": device, "dtype": dtype, "max_length": max_length}
             given = [name for name, value in settings.items() if value is not None]
+            if trust_remote_code:
+                given.append("trust_remote_code")
             if given:
                 # They would be silently ignored: the scorer's model is already loaded with its own settings.
                 raise ValueError(f"Pass either scorer or {', '.join(given)}, not both: configure the scorer instead.")
@@ -171,6 +202,7 @@ class PixieRerank(BaseNodePostprocessor):
             device=device,
             dtype=dtype,
             max_length=max_length,
+            trust_remote_code=trust_remote_code,
             **kwargs,
         )
         if scorer is not None:
@@ -203,6 +235,13 @@ class PixieRerank(BaseNodePostprocessor):
     @property
     def scorer(self) -> Scorer:
         """The scorer behind this reranker: the one given, else a :class:`PixieScorer` loaded on first access."""
+        return self.get_scorer()
+
+    def get_scorer(self) -> Scorer:
+        """The scorer behind this reranker (loading the model on first use): use it to score outside a query engine.
+
+        The one given as ``scorer=``, else the shared :class:`PixieScorer` for ``model``, ``device``, ``dtype``.
+        """
         settings = self._settings()
         scorer = self._slot.get(settings)
         if scorer is None:
@@ -210,13 +249,19 @@ class PixieRerank(BaseNodePostprocessor):
                 scorer = self._slot.get(settings)
                 if scorer is None:
                     logger.info("Loading reranker %s", self.model)
-                    scorer = PixieScorer(self.model, device=self.device, dtype=self.dtype, max_length=self.max_length)
+                    scorer = PixieScorer(
+                        self.model,
+                        device=self.device,
+                        dtype=self.dtype,
+                        max_length=self.max_length,
+                        trust_remote_code=self.trust_remote_code,
+                    )
                     self._slot.put(settings, scorer)
         return scorer
 
-    def _settings(self) -> tuple[str, str | None, str | None, int | None]:
+    def _settings(self) -> tuple[str, str | None, str | None, int | None, bool]:
         # A scorer serves only the settings it was made for: model_copy(update=...) or assigning a field reloads.
-        return (self.model, self.device, self.dtype, self.max_length)
+        return (self.model, self.device, self.dtype, self.max_length, self.trust_remote_code)
 
     # -- postprocessing --------------------------------------------------------------------------------------------
     def _postprocess_nodes(
@@ -226,7 +271,7 @@ class PixieRerank(BaseNodePostprocessor):
         if not nodes:
             return []
         texts = self._texts(nodes)
-        scorer = self.scorer
+        scorer = self.get_scorer()
         dispatcher.event(ReRankStartEvent(query=query_bundle, nodes=nodes, top_n=self.top_n, model_name=self.model))
         with self.callback_manager.event(CBEventType.RERANKING, payload=self._payload(nodes, query)) as event:
             scores = scorer.score(query, texts, instruction=self.instruction)
@@ -243,13 +288,14 @@ class PixieRerank(BaseNodePostprocessor):
         if not nodes:
             return []
         texts = self._texts(nodes)
-        # Loading and the forward passes both block: run them in a worker thread so the event loop keeps serving.
+        # Loading blocks: do it in a worker thread so the event loop keeps serving.
         scorer = self._slot.get(self._settings())
         if scorer is None:
-            scorer = await asyncio.to_thread(lambda: self.scorer)
+            scorer = await asyncio.to_thread(self.get_scorer)
         dispatcher.event(ReRankStartEvent(query=query_bundle, nodes=nodes, top_n=self.top_n, model_name=self.model))
         with self.callback_manager.event(CBEventType.RERANKING, payload=self._payload(nodes, query)) as event:
-            scores = await asyncio.to_thread(scorer.score, query, texts, instruction=self.instruction)
+            # An async scorer (ascore) is awaited; a sync one runs in a worker thread.
+            scores = await score_async(scorer, query, texts, instruction=self.instruction)
             reranked = self._rerank(nodes, scores)
             event.on_end(payload={EventPayload.NODES: reranked})
         dispatcher.event(ReRankEndEvent(nodes=reranked))
@@ -293,11 +339,12 @@ def _rescored(item: NodeWithScore, score: float, *, keep_retrieval_score: bool) 
     """A new ``NodeWithScore``; the inner node is shared unless metadata must change, then it is copied."""
     node = item.node
     if keep_retrieval_score:
-        # Copy metadata and the exclusion lists: model_copy is shallow, and the caller's node must not change.
+        # Copy metadata (deeply: nested values too) and the exclusion lists: model_copy is shallow, and the caller's
+        # node must not change.
         # Excluding the key keeps "retrieval_score: 0.83" out of the text later embedded or shown to the LLM.
         node = node.model_copy(
             update={
-                "metadata": {**node.metadata, RETRIEVAL_SCORE_KEY: item.score},
+                "metadata": {**copy.deepcopy(node.metadata), RETRIEVAL_SCORE_KEY: item.score},
                 "excluded_embed_metadata_keys": _with_key(node.excluded_embed_metadata_keys),
                 "excluded_llm_metadata_keys": _with_key(node.excluded_llm_metadata_keys),
             }

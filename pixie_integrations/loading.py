@@ -108,14 +108,22 @@ def _looks_like_path(model: str) -> bool:
     return model.startswith((".", "/", "~")) or model.count("/") > 1 or "\\" in model or ":" in model
 
 
-def _load_error(model: str, exc: Exception) -> ModelLoadError:
-    if _looks_like_path(model) or Path(model).expanduser().exists():
-        return ModelLoadError(
-            f"Model path {model!r} does not exist or holds no transformers checkpoint "
-            f"(config.json, weights and tokenizer files): {exc}"
-        )
+def _load_error(model: str, exc: Exception, stage: str) -> ModelLoadError:
+    """An error that names the real cause: a missing checkpoint, no network, or a checkpoint that fails to load."""
+    cause = f"{type(exc).__name__}: {exc}"
+    local = Path(model).expanduser()
+    if _looks_like_path(model) or local.exists():
+        if not (local / "config.json").is_file():
+            return ModelLoadError(
+                f"Model path {model!r} holds no transformers checkpoint: it has no config.json (a checkpoint folder "
+                f"holds config.json, weights and tokenizer files). {cause}"
+            )
+        return ModelLoadError(f"The checkpoint in {model!r} was found, but loading its {stage} failed: {cause}")
+    if stage != "config" and not isinstance(exc, OSError):
+        # The config came through, so the Hub (or the cache) answered: the network is not the problem.
+        return ModelLoadError(f"{model!r} was found, but loading its {stage} failed: {cause}")
     return ModelLoadError(
-        f"Could not load {model!r} from the Hugging Face Hub ({type(exc).__name__}: {exc}). If this machine has "
+        f"Could not load {model!r} from the Hugging Face Hub ({cause}). If this machine has "
         "no network, download the model where there is one "
         f"(`hf download {model} --local-dir ./{model.split('/')[-1]}`), copy the folder here and pass its path as "
         f"model='./{model.split('/')[-1]}'; or set HF_HUB_OFFLINE=1 with a filled Hugging Face cache."
@@ -136,6 +144,7 @@ def load_model(
     attn_implementation: str | None = None,
     model_kwargs: dict[str, Any] | None = None,
     tokenizer_kwargs: dict[str, Any] | None = None,
+    config_kwargs: dict[str, Any] | None = None,
 ) -> LoadedModel:
     """Load (or reuse) a reranker checkpoint. The same arguments in any thread give the same :class:`LoadedModel`."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
@@ -164,6 +173,7 @@ def load_model(
         attn_implementation,
         repr(sorted(model_kwargs.items())),
         repr(sorted((tokenizer_kwargs or {}).items())),
+        repr(sorted((config_kwargs or {}).items())),
     )
     with _registry_lock:
         loaded = _registry.get(key)
@@ -182,10 +192,13 @@ def load_model(
             "trust_remote_code": trust_remote_code,
             "local_files_only": local_files_only,
         }
+        stage = "config"
         try:
-            config = AutoConfig.from_pretrained(model, **hub_kwargs)
+            config = AutoConfig.from_pretrained(model, **hub_kwargs, **(config_kwargs or {}))
             resolved_family = forced or detect_family(config)
+            stage = "tokenizer"
             tokenizer = AutoTokenizer.from_pretrained(model, **hub_kwargs, **(tokenizer_kwargs or {}))
+            stage = "weights"
             extra = dict(model_kwargs)
             if attn_implementation is not None:
                 extra["attn_implementation"] = attn_implementation
@@ -200,7 +213,7 @@ def load_model(
         except (OSError, ValueError) as exc:
             if isinstance(exc, ValueError) and "num_labels" in str(exc):
                 raise
-            raise _load_error(model, exc) from exc
+            raise _load_error(model, exc, stage) from exc
         hf_model.to(resolved_device)
         hf_model.eval()
         hf_model.requires_grad_(False)

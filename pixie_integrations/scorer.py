@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .batching import plan_pair_batches
-from .encoding import EncodedPair, PairEncoder
+from .encoding import EncodedPair, PairEncoder, check_max_doc_tokens
 from .families import ModelFamily
 from .loading import LoadedModel, load_model
 from .ranking import RankResult, check_top_n, rank_by_score
@@ -64,6 +64,7 @@ class PixieScorer:
         attn_implementation: Passed to transformers (``"sdpa"``, ``"eager"``, ``"flash_attention_2"``).
         model_kwargs: Extra keyword arguments for ``from_pretrained`` of the model.
         tokenizer_kwargs: Extra keyword arguments for ``AutoTokenizer.from_pretrained``.
+        config_kwargs: Extra keyword arguments for ``AutoConfig.from_pretrained`` (config attributes to override).
         reuse_prefix: Run the shared part of a query's inputs (system prompt, instruction, query) once and reuse its
             key/value cache for all of that query's documents. Same scores, a fifth less compute. ``None``: on for
             CPU and MPS, off on CUDA, where the cache-extended attention mask costs more than it saves (measured;
@@ -92,6 +93,7 @@ class PixieScorer:
         attn_implementation: str | None = None,
         model_kwargs: dict[str, Any] | None = None,
         tokenizer_kwargs: dict[str, Any] | None = None,
+        config_kwargs: dict[str, Any] | None = None,
         reuse_prefix: bool | None = None,
         compile: bool = False,
     ) -> None:
@@ -114,6 +116,7 @@ class PixieScorer:
             attn_implementation=attn_implementation,
             model_kwargs=model_kwargs,
             tokenizer_kwargs=tokenizer_kwargs,
+            config_kwargs=config_kwargs,
         )
         self.instruction = instruction
         self.token_budget = token_budget or _DEFAULT_TOKEN_BUDGET.get(self.device.type, 2048)
@@ -171,7 +174,13 @@ class PixieScorer:
 
     # -- scoring ---------------------------------------------------------------------------------------------------
     def score(
-        self, query: str, documents: Sequence[str], *, instruction: str | None = None, raw: bool = False
+        self,
+        query: str,
+        documents: Sequence[str],
+        *,
+        instruction: str | None = None,
+        raw: bool = False,
+        max_doc_tokens: int | None = None,
     ) -> list[float]:
         """Score each document against one query.
 
@@ -180,6 +189,8 @@ class PixieScorer:
             documents: Document texts; an empty list gives ``[]``.
             instruction: Task instruction for this call; ``None`` uses the scorer's.
             raw: Return the logit (log-odds) instead of the probability.
+            max_doc_tokens: Cut each document to at most this many tokens; the template is never cut. ``None``:
+                only ``max_length`` applies.
 
         Returns:
             One Python float per document, in input order: the probability of relevance, the number the model
@@ -187,7 +198,9 @@ class PixieScorer:
         """
         check_query(query)
         docs = check_documents(documents)
-        return self._score(((query, d) for d in docs), len(docs), instruction=instruction, raw=raw)
+        return self._score(
+            ((query, d) for d in docs), len(docs), instruction=instruction, raw=raw, max_doc_tokens=max_doc_tokens
+        )
 
     def score_pairs(
         self,
@@ -195,10 +208,11 @@ class PixieScorer:
         *,
         instruction: str | None = None,
         raw: bool = False,
+        max_doc_tokens: int | None = None,
     ) -> list[float]:
-        """Score (query, document) pairs whose queries differ. Same return as :meth:`score`, in pair order."""
+        """Score (query, document) pairs whose queries differ. Same arguments and return as :meth:`score`."""
         checked = check_pairs(pairs)
-        return self._score(iter(checked), len(checked), instruction=instruction, raw=raw)
+        return self._score(iter(checked), len(checked), instruction=instruction, raw=raw, max_doc_tokens=max_doc_tokens)
 
     def rank(
         self,
@@ -208,6 +222,7 @@ class PixieScorer:
         top_n: int | None = None,
         instruction: str | None = None,
         raw: bool = False,
+        max_doc_tokens: int | None = None,
     ) -> list[RankResult]:
         """Rank documents by relevance to the query, best first (ties keep input order).
 
@@ -217,9 +232,10 @@ class PixieScorer:
             top_n: Keep the best ``top_n``; ``None`` (or more than there are) keeps all.
             instruction: Task instruction for this call; ``None`` uses the scorer's.
             raw: Report logits instead of probabilities (the order is the same).
+            max_doc_tokens: Cut each document to at most this many tokens; the template is never cut.
         """
         check_top_n(top_n)  # before scoring anything
-        scores = self.score(query, documents, instruction=instruction, raw=raw)
+        scores = self.score(query, documents, instruction=instruction, raw=raw, max_doc_tokens=max_doc_tokens)
         return rank_by_score(scores, documents, top_n)
 
     # -- async, through the model's batching engine ------------------------------------------------------------------
@@ -235,14 +251,24 @@ class PixieScorer:
         return get_engine(self)
 
     async def ascore(
-        self, query: str, documents: Sequence[str], *, instruction: str | None = None, raw: bool = False
+        self,
+        query: str,
+        documents: Sequence[str],
+        *,
+        instruction: str | None = None,
+        raw: bool = False,
+        max_doc_tokens: int | None = None,
     ) -> list[float]:
         """:meth:`score` without holding a thread: awaits the model's batching engine, sharing its forward passes
-        with every other concurrent caller. Same scores; cancelling the task drops the pairs not yet run."""
+        with every other concurrent caller. Same arguments and scores; cancelling the task drops the pairs not yet
+        run."""
         check_query(query)
         docs = check_documents(documents)
         self._check_instruction(instruction)
-        result = await self.engine.ascore([(query, d) for d in docs], scorer=self, instruction=instruction, raw=raw)
+        check_max_doc_tokens(max_doc_tokens)
+        result = await self.engine.ascore(
+            [(query, d) for d in docs], scorer=self, instruction=instruction, raw=raw, max_doc_tokens=max_doc_tokens
+        )
         return result.scores
 
     async def ascore_pairs(
@@ -251,11 +277,15 @@ class PixieScorer:
         *,
         instruction: str | None = None,
         raw: bool = False,
+        max_doc_tokens: int | None = None,
     ) -> list[float]:
         """:meth:`score_pairs` through the batching engine, as :meth:`ascore`."""
         checked = check_pairs(pairs)
         self._check_instruction(instruction)
-        result = await self.engine.ascore(checked, scorer=self, instruction=instruction, raw=raw)
+        check_max_doc_tokens(max_doc_tokens)
+        result = await self.engine.ascore(
+            checked, scorer=self, instruction=instruction, raw=raw, max_doc_tokens=max_doc_tokens
+        )
         return result.scores
 
     async def arank(
@@ -266,10 +296,11 @@ class PixieScorer:
         top_n: int | None = None,
         instruction: str | None = None,
         raw: bool = False,
+        max_doc_tokens: int | None = None,
     ) -> list[RankResult]:
         """:meth:`rank` through the batching engine, as :meth:`ascore`."""
         check_top_n(top_n)
-        scores = await self.ascore(query, documents, instruction=instruction, raw=raw)
+        scores = await self.ascore(query, documents, instruction=instruction, raw=raw, max_doc_tokens=max_doc_tokens)
         return rank_by_score(scores, documents, top_n)
 
     @staticmethod
@@ -279,15 +310,22 @@ class PixieScorer:
 
     # -- internals -------------------------------------------------------------------------------------------------
     def _score(
-        self, pairs: Iterable[tuple[str, str]], count: int, *, instruction: str | None, raw: bool
+        self,
+        pairs: Iterable[tuple[str, str]],
+        count: int,
+        *,
+        instruction: str | None,
+        raw: bool,
+        max_doc_tokens: int | None = None,
     ) -> list[float]:
+        check_max_doc_tokens(max_doc_tokens)  # also for empty input: a bad value is a bug either way
         if count == 0:
             return []
         if instruction is None:
             instruction = self.instruction
         elif not isinstance(instruction, str):
             raise TypeError(f"instruction must be a str or None, not {type(instruction).__name__}")
-        encoded, truncated = self._encoder.encode(list(pairs), instruction)
+        encoded, truncated = self._encoder.encode(list(pairs), instruction, max_doc_tokens=max_doc_tokens)
         if truncated:
             logger.warning(
                 "%d of %d documents were longer than max_length=%d tokens with the template; their ends were cut.",

@@ -239,23 +239,29 @@ def test_top_k_larger_than_input_returns_all(cpu_kwargs: dict[str, Any], docs: l
     assert len(PixieRanker(**cpu_kwargs, top_k=100).run(query=QUERY, documents=docs)["documents"]) == len(docs)
 
 
-def test_documents_with_the_same_id_are_collapsed(cpu_kwargs: dict[str, Any], tiny_scorer: PixieScorer) -> None:
+def test_documents_with_the_same_id_keep_the_higher_retrieval_score(
+    cpu_kwargs: dict[str, Any], tiny_scorer: PixieScorer
+) -> None:
     low = Document(id="dup", content=TEXTS[0], meta={"from": "bm25"}, score=0.1)
     high = Document(id="dup", content=TEXTS[0], meta={"from": "embedding"}, score=0.9)
     other = Document(content=TEXTS[2])
     out = PixieRanker(**cpu_kwargs).run(query=QUERY, documents=[low, other, high])["documents"]
     assert sorted(d.id for d in out) == sorted(["dup", other.id])
     kept = next(d for d in out if d.id == "dup")
-    assert kept.meta == {"from": "embedding"}  # same text: the higher retrieval score's copy is kept
+    assert kept.meta == {"from": "embedding"}
 
-    # same id, different text: the higher rerank score wins
+    # Same id, different texts: the reference ranker keeps the higher *retrieval* score, before reranking, so the
+    # survivor is the same document as there even when the other one would score higher here.
     a, b = tiny_scorer.score(QUERY, [TEXTS[0], TEXTS[2]])
-    out = PixieRanker(**cpu_kwargs).run(
-        query=QUERY, documents=[Document(id="x", content=TEXTS[0]), Document(id="x", content=TEXTS[2])]
-    )["documents"]
-    assert len(out) == 1
-    assert out[0].score == pytest.approx(max(a, b), abs=1e-5)
-    assert out[0].content == (TEXTS[0] if a >= b else TEXTS[2])
+    worse, better = (TEXTS[0], TEXTS[2]) if a < b else (TEXTS[2], TEXTS[0])
+    docs = [Document(id="x", content=better, score=0.2), Document(id="x", content=worse, score=0.7)]
+    (out_doc,) = PixieRanker(**cpu_kwargs).run(query=QUERY, documents=docs)["documents"]
+    assert out_doc.content == worse
+    assert out_doc.score == pytest.approx(min(a, b), abs=1e-5)
+    # no retrieval scores (or equal ones): the first stays
+    docs = [Document(id="x", content=worse), Document(id="x", content=better)]
+    (out_doc,) = PixieRanker(**cpu_kwargs).run(query=QUERY, documents=docs)["documents"]
+    assert out_doc.content == worse
 
 
 def test_equal_scores_keep_input_order(cpu_kwargs: dict[str, Any]) -> None:
@@ -272,15 +278,17 @@ def test_meta_fields_are_embedded_before_the_content(cpu_kwargs: dict[str, Any],
         **cpu_kwargs, meta_fields_to_embed=["title", "year", "empty", "none", "missing"], embedding_separator=" | "
     )
     (out,) = ranker.run(query=QUERY, documents=[doc])["documents"]
-    assert out.score == pytest.approx(tiny_scorer.score(QUERY, ["Satellites | 0 | body text"])[0], abs=1e-5)
+    # As the reference ranker: missing and None are skipped; 0, False and "" are values.
+    assert out.score == pytest.approx(tiny_scorer.score(QUERY, ["Satellites | 0 |  | body text"])[0], abs=1e-5)
     assert out.score != pytest.approx(tiny_scorer.score(QUERY, ["body text"])[0], abs=1e-5)
 
 
-def test_content_none_is_scored_on_its_meta_alone(cpu_kwargs: dict[str, Any], tiny_scorer: PixieScorer) -> None:
+def test_content_none_counts_as_empty_content(cpu_kwargs: dict[str, Any], tiny_scorer: PixieScorer) -> None:
     ranker = PixieRanker(**cpu_kwargs, meta_fields_to_embed=["title"])
     out = ranker.run(query=QUERY, documents=[Document(content=None, meta={"title": "Orbit"}), Document()])
     scores = sorted((d.score for d in out["documents"]), reverse=True)
-    assert scores == pytest.approx(_expected(tiny_scorer, QUERY, ["Orbit", ""]), abs=1e-5)
+    # the reference ranker's `doc.content or ""`: the meta values, the separator, nothing
+    assert scores == pytest.approx(_expected(tiny_scorer, QUERY, ["Orbit\n", ""]), abs=1e-5)
 
 
 def test_instruction_reaches_the_prompt(

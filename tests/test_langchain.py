@@ -187,11 +187,11 @@ def test_path_model_is_accepted(tiny_reranker: Path) -> None:
 
 def test_given_scorer_is_used_and_names_the_model(tiny_scorer: PixieScorer) -> None:
     reranker = PixieRerank(scorer=tiny_scorer)
-    assert reranker._get_scorer() is tiny_scorer
+    assert reranker.get_scorer() is tiny_scorer
     assert reranker.model == tiny_scorer.model_name
     # A dump/validate round trip (explicit None settings, matching model) rebuilds the same reranker.
     again = PixieRerank.model_validate(reranker.model_dump())
-    assert again._get_scorer() is tiny_scorer and again.model == reranker.model
+    assert again.get_scorer() is tiny_scorer and again.model == reranker.model
 
 
 @pytest.mark.parametrize("kwargs", [{"device": "cpu"}, {"dtype": "float32"}, {"max_length": 128}, {"model": "other"}])
@@ -205,10 +205,10 @@ def test_created_scorer_is_cached_and_shares_weights(tiny_reranker: Path, tiny_s
     b = PixieRerank(model=str(tiny_reranker), device="cpu", dtype="float32", top_n=None)
     docs = make_docs()
     out = a.compress_documents(docs, QUERY)
-    first = a._get_scorer()
+    first = a.get_scorer()
     a.compress_documents(docs, QUERY)
-    assert a._get_scorer() is first  # one scorer per instance
-    assert b._get_scorer().model is tiny_scorer.model  # and the weights are loaded once per process
+    assert a.get_scorer() is first  # one scorer per instance
+    assert b.get_scorer().model is tiny_scorer.model  # and the weights are loaded once per process
     assert scores_of(out) == [s for _, s in expected_ranking(tiny_scorer, SAMPLE_DOCUMENTS)[:3]]
 
 
@@ -288,7 +288,7 @@ def test_non_str_page_content_is_a_type_error(reranker: PixieRerank) -> None:
     bad.page_content = 42  # type: ignore[assignment]  # Document does not validate assignment
     with pytest.raises(TypeError, match=r"documents\[1\]\.page_content must be a str"):
         reranker.compress_documents([Document(page_content="ok"), bad], QUERY)
-    with pytest.raises(TypeError, match="must be a str or a langchain Document"):
+    with pytest.raises(TypeError, match="must be a str, a langchain Document or a dict"):
         reranker.rerank(["ok", 3.5], QUERY)  # type: ignore[list-item]
     with pytest.raises(TypeError, match="query"):
         reranker.compress_documents(make_docs(), None)  # type: ignore[arg-type]
@@ -303,8 +303,12 @@ def test_rerank_returns_cohere_shaped_results(reranker: PixieRerank, tiny_scorer
     assert all(set(r) == {"index", "relevance_score"} and type(r["relevance_score"]) is float for r in results)
     assert len(reranker.rerank(mixed, QUERY, top_n=None)) == len(mixed)
     assert [r["index"] for r in reranker.rerank(mixed, QUERY, top_n=6)] == [i for i, _ in expected[:6]]
-    with pytest.raises(ValueError, match="top_n"):
-        reranker.rerank(mixed, QUERY, top_n=0)
+    # Cohere's meaning: top_n <= 0 (its default is -1) is "not given", so the instance's top_n applies
+    assert reranker.rerank(mixed, QUERY, top_n=0) == results
+    assert reranker.rerank(mixed, QUERY, top_n=-1) == results
+    for bad in (True, 1.5, "3"):
+        with pytest.raises(ValueError, match="top_n"):
+            reranker.rerank(mixed, QUERY, top_n=bad)  # type: ignore[arg-type]
 
 
 def test_rerank_call_arguments_override_the_instance(tiny_scorer: PixieScorer) -> None:
