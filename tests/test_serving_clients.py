@@ -59,7 +59,7 @@ def test_cohere_v2_client(url: str, tiny_scorer: PixieScorer) -> None:
     cut = client.rerank(model="rerank-v3.5", query=QUERY, documents=DOCS, max_tokens_per_doc=4)
     expected = ranked(tiny_scorer, DOCS, max_doc_tokens=4)
     assert_same([(r.index, r.relevance_score) for r in cut.results], expected)
-    assert cut.meta.tokens.input_tokens < response.meta.tokens.input_tokens * len(DOCS) / 3
+    assert cut.meta.tokens.input_tokens < response.meta.tokens.input_tokens  # documents were cut
 
 
 def test_cohere_v1_client_with_objects_rank_fields_and_documents(url: str, tiny_scorer: PixieScorer) -> None:
