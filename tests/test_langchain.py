@@ -75,18 +75,6 @@ class RecordingHandler(BaseCallbackHandler):
         return [e for e in self.events if e["event"] == event and e["run_id"] in rerank_ids]
 
 
-class ThreadRecordingScorer(PixieScorer):
-    """The real scorer (same shared weights), noting which thread each score() call ran on."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.threads: list[int] = []
-
-    def score(self, *args: Any, **kwargs: Any) -> list[float]:
-        self.threads.append(threading.get_ident())
-        return super().score(*args, **kwargs)
-
-
 def make_docs() -> list[Document]:
     return [
         Document(page_content=text, id=f"doc-{i}", metadata={"source": f"s{i}", "nested": {"n": i}})
@@ -494,12 +482,18 @@ def test_lcel_batch(reranker: PixieRerank, vectorstore: InMemoryVectorStore) -> 
 
 
 # -- async ---------------------------------------------------------------------------------------------------------
-async def test_async_scoring_runs_off_the_event_loop(tiny_reranker: Path, tiny_scorer: PixieScorer) -> None:
-    scorer = ThreadRecordingScorer(str(tiny_reranker), device="cpu", dtype="float32")
-    reranker = PixieRerank(scorer=scorer, top_n=None)
+async def test_async_scoring_runs_off_the_event_loop(tiny_scorer: PixieScorer) -> None:
+    # PixieScorer has ascore: the forward passes run on the model's batching engine, never on the event loop.
+    reranker = PixieRerank(scorer=tiny_scorer, top_n=None)
     docs = make_docs()
-    out = await reranker.acompress_documents(docs, QUERY)
-    assert scorer.threads and threading.get_ident() not in scorer.threads
+    backbone = getattr(tiny_scorer.model, tiny_scorer.model.base_model_prefix)
+    threads: list[int] = []
+    handle = backbone.register_forward_pre_hook(lambda *_: threads.append(threading.get_ident()))
+    try:
+        out = await reranker.acompress_documents(docs, QUERY)
+    finally:
+        handle.remove()
+    assert threads and threading.get_ident() not in threads
     assert scores_of(out) == [s for _, s in expected_ranking(tiny_scorer, SAMPLE_DOCUMENTS)]
     assert docs == make_docs()
     assert await reranker.arerank(SAMPLE_DOCUMENTS, QUERY, top_n=2) == reranker.rerank(SAMPLE_DOCUMENTS, QUERY, top_n=2)
