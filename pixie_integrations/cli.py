@@ -60,8 +60,8 @@ def _run_demo(args: argparse.Namespace) -> int:
         scores = run_demo(args.model, device=args.device, dtype=args.dtype)
     except ModelLoadError as exc:
         return fail(
-            f"{exc} From the command line: pixie-rerank demo --model ./PIXIE-Spell-Reranker-Preview-0.6B "
-            "(or bash scripts/demo.sh --model ...), or set PIXIE_MODEL_PATH."
+            f"{exc} From the command line: pixie-rerank demo --model ./PIXIE-Spell-Reranker-Preview-0.6B, or set "
+            "PIXIE_MODEL_PATH."
         )
     print(f"model: {args.model}  dtype: {args.dtype}")
     print(f"{'#':>2}  {'card':>8}  {'pixie':>8}  {'diff':>9}  query / document")
