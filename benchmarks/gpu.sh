@@ -3,6 +3,15 @@
 # last). Run from the repo root on a CUDA machine with torch, transformers and sentence-transformers installed.
 # Results land in ${OUT:-runs/gpu}.
 set -uo pipefail
+# No GPU, no run: every figure below is a CUDA figure (on a CPU: pixie-rerank bench --preset cpu).
+if ! nvidia-smi -L >/dev/null 2>&1; then
+  echo "benchmarks/gpu.sh: no NVIDIA GPU found (nvidia-smi missing or failing); run it on a CUDA machine, or on a CPU use: pixie-rerank bench --preset cpu" >&2
+  exit 1
+fi
+if ! python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
+  echo "benchmarks/gpu.sh: this python's torch cannot use the GPU ($(python -c 'import torch; print(torch.__version__)' 2>&1 | tail -1)); install a CUDA build of torch (https://pytorch.org/get-started/locally/)" >&2
+  exit 1
+fi
 OUT="${OUT:-runs/gpu}"; mkdir -p "$OUT"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 MODEL_DIR=/tmp/pixie-bench

@@ -1,9 +1,11 @@
 """``pixie-rerank bench``: PixieScorer against the model card's own path, on the same weights, in the same run.
 
-The workloads follow ISSUE 6 / PERFORMANCE-NOTES: ``beir`` (20 queries x 100 documents, log-normal lengths with a
-180-token median), ``latency`` (1 x 100) and ``long`` (documents up to 8k tokens). A random-weight model of PIXIE's
-exact shape (``--shape pixie``; same FLOPs as the real one) or a 4-layer cut (``--shape pixie-4l``, for CPUs) runs
-with no download; ``--model`` times a real checkpoint instead.
+Workloads: ``beir`` (20 queries x 100 documents, log-normal lengths with a 180-token median, as in BEIR
+reranking), ``latency`` (1 x 100) and ``long`` (documents up to 8k tokens). A random-weight model of PIXIE's exact
+shape (``--shape pixie``; same FLOPs as the real one) or a 4-layer cut (``--shape pixie-4l``, for CPUs) runs with no
+download; ``--model`` times a real checkpoint instead. The card-* systems need sentence-transformers
+(pip install "pixie-integrations[bench]"). Figures and how to read them:
+https://github.com/telepix-integrations/pixie-integrations/blob/main/docs/performance.md
 
 Importable: :func:`run_benchmark` returns the same dictionary the command writes as JSON.
 """
@@ -21,6 +23,7 @@ import resource
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -52,7 +55,7 @@ WORKLOADS: dict[str, WorkloadSpec] = {
     "long": WorkloadSpec(queries=4, docs_per_query=16, median_tokens=2000, sigma=0.8, min_tokens=256, max_tokens=8192),
 }
 
-# Qwen3 shapes: PIXIE's own (Qwen3-0.6B) and the 4-layer cut PERFORMANCE-NOTES uses on CPU.
+# Qwen3 shapes: PIXIE's own (Qwen3-0.6B) and a 4-layer cut of it that a CPU times in minutes.
 SHAPES: dict[str, dict[str, int]] = {
     "pixie": {
         "num_hidden_layers": 28,
@@ -236,39 +239,132 @@ def _pixie_system(path: str, device: str, **kwargs: Any) -> ScoreFn:
     return lambda query, documents: scorer.score(query, documents)
 
 
-def _parse_value(text: str) -> Any:
-    lowered = text.lower()
-    if lowered in ("true", "false"):
-        return lowered == "true"
+_CARD_SYSTEMS = ("card-fp32", "card-bf16")
+_PIXIE_PRESETS: dict[str, dict[str, Any]] = {
+    "pixie": {},
+    "pixie-fp32": {"dtype": "float32"},
+    "pixie-noprefix": {"reuse_prefix": False},
+    "pixie-compile": {"compile": True},
+}
+# PixieScorer settings a system name may set (pixie:key=value,...), by the kind of value each takes.
+_INT_SETTINGS = ("token_budget", "batch_size", "max_length")
+_BOOL_SETTINGS = ("reuse_prefix", "compile", "trust_remote_code")
+_STR_SETTINGS = ("dtype", "attn_implementation", "family", "revision", "instruction")
+_SETTINGS = tuple(sorted(_INT_SETTINGS + _BOOL_SETTINGS + _STR_SETTINGS))
+
+
+def parse_system(name: str) -> tuple[str, dict[str, Any]]:
+    """``"pixie:token_budget=8192,compile=true"`` -> ``("pixie", {"token_budget": 8192, "compile": True})``.
+
+    Raises:
+        ValueError: An unknown system, an unknown setting (the message lists the valid ones) or a bad value.
+    """
+    from .cli_args import dtype as parse_dtype
+    from .cli_args import positive_int
+
+    base, colon, params = name.partition(":")
+    if base in _CARD_SYSTEMS:
+        if colon:
+            raise ValueError(f"{base} is the model card's code as is and takes no settings (got {name!r})")
+        return base, {}
+    if base not in _PIXIE_PRESETS:
+        raise ValueError(f"Unknown system {base!r}; choose from {', '.join(_CARD_SYSTEMS + tuple(_PIXIE_PRESETS))}")
+    settings = dict(_PIXIE_PRESETS[base])
+    for item in params.split(",") if colon else []:
+        key, equals, value = (part.strip() for part in item.partition("="))
+        if key not in _SETTINGS or not equals:
+            what = f"unknown setting {key!r}" if key not in _SETTINGS else f"no value for {key!r}"
+            raise ValueError(f"{what} in {name!r}; settings are key=value pairs of {', '.join(_SETTINGS)}")
+        try:
+            if key in _INT_SETTINGS:
+                settings[key] = positive_int(value)
+            elif key in _BOOL_SETTINGS:
+                if value.lower() not in ("true", "false"):
+                    raise ValueError(f"expected true or false, got {value!r}")
+                settings[key] = value.lower() == "true"
+            elif key == "dtype":
+                settings[key] = parse_dtype(value)
+            else:
+                settings[key] = value
+        except (ValueError, argparse.ArgumentTypeError) as exc:
+            raise ValueError(f"{key} in {name!r}: {exc}") from None
+    return base, settings
+
+
+def _system_arg(text: str) -> str:
+    """argparse ``type=`` of ``--systems``: refuse a bad system name before anything loads."""
     try:
-        return int(text)
-    except ValueError:
-        return text
+        parse_system(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 def _systems(names: Sequence[str], path: str, device: str) -> dict[str, Callable[[], ScoreFn]]:
     """Factories for named systems; ``pixie:key=value,...`` passes settings to PixieScorer."""
-    presets: dict[str, dict[str, Any]] = {
-        "pixie": {},
-        "pixie-fp32": {"dtype": "float32"},
-        "pixie-noprefix": {"reuse_prefix": False},
-        "pixie-compile": {"compile": True},
-    }
     factories: dict[str, Callable[[], ScoreFn]] = {}
     for name in names:
-        base, _, params = name.partition(":")
-        if base in ("card-fp32", "card-bf16"):
+        base, settings = parse_system(name)
+        if base in _CARD_SYSTEMS:
             dtype = "float32" if base == "card-fp32" else "bfloat16"
             factories[name] = lambda dtype=dtype: _crossencoder_system(path, device, dtype)  # type: ignore[misc]
-        elif base in presets:
-            settings = dict(presets[base])
-            for item in filter(None, params.split(",")):
-                key, _, value = item.partition("=")
-                settings[key] = _parse_value(value)
-            factories[name] = lambda settings=settings: _pixie_system(path, device, **settings)  # type: ignore[misc]
         else:
-            raise ValueError(f"Unknown system {name!r}; choose from card-fp32, card-bf16, {', '.join(presets)}")
+            factories[name] = lambda settings=settings: _pixie_system(path, device, **settings)  # type: ignore[misc]
     return factories
+
+
+def _missing_bench_extra(systems: Sequence[str]) -> str | None:
+    """What to install when a card-* system is asked for without sentence-transformers, else ``None``."""
+    import importlib.util
+
+    card = [name for name in systems if name.partition(":")[0] in _CARD_SYSTEMS]
+    if not card or importlib.util.find_spec("sentence_transformers") is not None:
+        return None
+    return (
+        f"{', '.join(card)} run the model card's code, which needs sentence-transformers: "
+        'pip install "pixie-integrations[bench]" (or time PixieScorer alone: --systems pixie pixie-fp32)'
+    )
+
+
+class _Progress:
+    """The bench bar: one step per load, warm-up or timed call, and what runs now with its seconds so far.
+
+    A call of the card's code on a CPU can take a minute; the ticking label shows the run is alive meanwhile (its
+    thread only wakes once a second, which costs the timings nothing measurable).
+    """
+
+    def __init__(self, total: int, *, enabled: bool) -> None:
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=total, desc="bench", unit="step", disable=not enabled, dynamic_ncols=True)
+        self._label = ""
+        self._since = time.perf_counter()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        if enabled:
+            self._thread = threading.Thread(target=self._tick, name="pixie-bench-progress", daemon=True)
+            self._thread.start()
+
+    def doing(self, label: str) -> None:
+        self._label, self._since = label, time.perf_counter()
+        self._show()
+
+    def done(self) -> None:
+        self.bar.update(1)
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self.bar.close()
+
+    def _tick(self) -> None:
+        while not self._stop.wait(1.0):
+            self._show()
+
+    def _show(self) -> None:
+        if self._label:
+            self.bar.set_postfix_str(f"{self._label} {time.perf_counter() - self._since:.0f}s")
 
 
 def _sync(device: str) -> None:
@@ -279,7 +375,11 @@ def _sync(device: str) -> None:
 
 
 def _time_systems(
-    factories: dict[str, Callable[[], ScoreFn]], workload: Workload, device: str, repeats: int, progress: Any | None
+    factories: dict[str, Callable[[], ScoreFn]],
+    workload: Workload,
+    device: str,
+    repeats: int,
+    progress: _Progress | None,
 ) -> tuple[dict[str, dict[str, Any]], dict[str, list[float]], dict[str, str]]:
     """Load every system, warm each up on the first query, then time them query by query, interleaved.
 
@@ -294,16 +394,24 @@ def _time_systems(
     failed: dict[str, str] = {}
     for name, make in factories.items():
         try:
+            if progress is not None:
+                progress.doing(f"loading {name}")
             t0 = time.perf_counter()
             score = make()
             load_s = time.perf_counter() - t0
+            if progress is not None:
+                progress.done()
+                progress.doing(f"warming up {name}")
             t0 = time.perf_counter()
             score(workload.queries[0], workload.documents[0])  # kernels, allocator, compilation: not timed
             _sync(device)
             stats[name] = {"load_s": load_s, "warmup_s": time.perf_counter() - t0}
             systems[name] = score
+            if progress is not None:
+                progress.done()
         except Exception as exc:  # one failing system (e.g. compilation) must not lose the others
-            logger.exception("system %s failed", name)
+            logger.error("system %s failed: %s: %s", name, type(exc).__name__, exc)
+            logger.info("system %s failed", name, exc_info=True)  # -v shows where
             failed[name] = f"{type(exc).__name__}: {exc}"
     latencies: dict[str, list[float]] = {name: [] for name in systems}
     peaks: dict[str, float] = {name: 0.0 for name in systems}
@@ -313,6 +421,8 @@ def _time_systems(
     for rep in range(repeats):
         for query, documents in zip(workload.queries, workload.documents):
             for name in names[step % len(names) :] + names[: step % len(names)]:
+                if progress is not None:
+                    progress.doing(f"{name}, query {step % len(workload.queries) + 1}/{len(workload.queries)}")
                 if cuda:
                     torch.cuda.reset_peak_memory_stats()
                     before = torch.cuda.memory_allocated()
@@ -324,9 +434,9 @@ def _time_systems(
                     peaks[name] = max(peaks[name], (torch.cuda.max_memory_allocated() - before) / 2**20)
                 if rep == 0:
                     scores[name].extend(got)
+                if progress is not None:
+                    progress.done()
             step += 1
-            if progress is not None:
-                progress.update(1)
     for name in names:
         total = sum(latencies[name])
         stats[name].update(
@@ -390,6 +500,8 @@ def run_benchmark(
             tmp = tempfile.TemporaryDirectory(prefix="pixie-bench-")
             model_dir = Path(tmp.name) / shape
         model = str(build_random_model(shape, model_dir, seed=seed))
+    else:
+        model = _local_checkpoint(model)
     try:
         tokenizer = AutoTokenizer.from_pretrained(model)
         work = build_workload(workload, tokenizer, seed=seed, queries=queries, docs_per_query=docs_per_query)
@@ -399,16 +511,12 @@ def run_benchmark(
             for d in docs
         )
         factories = _systems(systems, model, device_name)
-        progress = None
-        if show_progress:
-            from tqdm.auto import tqdm
-
-            progress = tqdm(total=len(work.queries) * repeats, desc="bench", unit="query")
+        # Steps: each system's load and warm-up, then one per system and query.
+        progress = _Progress(len(factories) * (2 + len(work.queries) * repeats), enabled=show_progress)
         try:
             results, all_scores, failed = _time_systems(factories, work, device_name, repeats, progress)
         finally:
-            if progress is not None:
-                progress.close()
+            progress.close()
         for stats in results.values():
             stats["tokens_per_s"] = input_tokens * repeats / stats["seconds"]
         if not results:
@@ -439,6 +547,34 @@ def run_benchmark(
         if tmp is not None:
             tmp.cleanup()
         del torch
+
+
+def _local_checkpoint(model: str) -> str:
+    """A folder holding ``model``: the path itself, or its Hub snapshot (downloaded once, with a progress bar).
+
+    Every system then loads the same local files; without network the Hub cache is used at once (no retries).
+    """
+    from .loading import ModelLoadError, _looks_like_path, hub_unreachable
+
+    path = Path(model).expanduser()
+    if path.exists():
+        return str(path)
+    if _looks_like_path(model):
+        raise ModelLoadError(
+            f"Model path {model!r} does not exist; point --model at a folder holding a checkpoint (config.json, "
+            "weights, tokenizer files), or leave --model out to time a random model of --shape"
+        )
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(
+            model, local_files_only=hub_unreachable(), ignore_patterns=["*.onnx", "onnx/*", "openvino/*", "*.h5"]
+        )
+    except Exception as exc:  # not found, gated, or out of reach and not cached: all say the same to the user
+        raise ModelLoadError(
+            f"Could not get {model!r} from the Hugging Face Hub ({type(exc).__name__}: {exc}); pass a local folder "
+            "with --model, or leave --model out to time a random model of --shape"
+        ) from exc
 
 
 def _machine(device: str) -> dict[str, Any]:
@@ -482,11 +618,30 @@ def format_table(result: dict[str, Any]) -> str:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from .cli_args import fail
+    from .loading import ModelLoadError
+
+    missing = _missing_bench_extra(args.systems)
+    if missing is not None:
+        return fail(missing)
     if args.preset == "cpu":
         args.shape = args.shape or "pixie-4l"
         args.queries = args.queries or 2
         args.docs = args.docs or 24
-    result = run_benchmark(
+    try:
+        result = _run_benchmark(args)
+    except (ModelLoadError, RuntimeError, ValueError) as exc:
+        logger.info("bench failed", exc_info=True)  # -v shows where
+        return fail(exc)
+    print(format_table(result))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+        print(f"wrote {args.json}", file=sys.stderr)
+    return 0
+
+
+def _run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
+    return run_benchmark(
         workload=args.workload,
         model=args.model,
         shape=args.shape or "pixie",
@@ -499,14 +654,11 @@ def _run(args: argparse.Namespace) -> int:
         show_progress=not args.no_progress,
         model_dir=args.model_dir,
     )
-    print(format_table(result))
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2))
-        print(f"wrote {args.json}", file=sys.stderr)
-    return 0
 
 
 def register(subparsers: Any) -> None:
+    from .cli_args import device, positive_int
+
     parser = subparsers.add_parser(
         "bench",
         help="time PixieScorer against the model card's CrossEncoder path on the same weights",
@@ -521,15 +673,16 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--systems",
         nargs="+",
+        type=_system_arg,
         default=["card-fp32", "card-bf16", "pixie"],
         help="systems to time; the first is the reference. card-fp32, card-bf16 (the model card's code), pixie, "
         "pixie-fp32, pixie-noprefix, pixie-compile, or pixie:key=value,... for PixieScorer settings "
-        "(e.g. pixie:token_budget=8192,compile=true). Default: %(default)s",
+        f"(e.g. pixie:token_budget=8192,compile=true; settings: {', '.join(_SETTINGS)}). Default: %(default)s",
     )
-    parser.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
-    parser.add_argument("--queries", type=int, help="use only this many queries")
-    parser.add_argument("--docs", type=int, help="documents per query")
-    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--device", type=device, help="cpu, cuda, cuda:N or mps (default: the best available)")
+    parser.add_argument("--queries", type=positive_int, help="use only this many queries")
+    parser.add_argument("--docs", type=positive_int, help="documents per query")
+    parser.add_argument("--repeats", type=positive_int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", help="also write the result as JSON here")
     parser.add_argument("--no-progress", action="store_true")

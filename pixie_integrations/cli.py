@@ -9,6 +9,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from .cli_args import EXIT_INTERRUPTED, ArgumentParser, add_device_dtype, fail
+
 __all__ = ["main"]
 
 
@@ -16,7 +18,8 @@ def build_parser() -> argparse.ArgumentParser:
     from . import __version__
     from .evaluation.cli import register as register_eval
 
-    parser = argparse.ArgumentParser(
+    # Subparsers take the parser's class: every subcommand reports usage errors in one line.
+    parser = ArgumentParser(
         prog="pixie-rerank", description="PIXIE-Spell-Reranker: demo, benchmark, evaluation and serving."
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -41,8 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _register_missing(subparsers: Any, name: str, help_text: str, error: ImportError) -> None:
     def run(args: argparse.Namespace) -> int:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return fail(error)
 
     # No option prefix: every argument (--model ..., --help) lands in `ignored`, so any call reaches `run`.
     parser = subparsers.add_parser(name, help=f"{help_text} (not installed)", add_help=False, prefix_chars="\0")
@@ -57,13 +59,10 @@ def _run_demo(args: argparse.Namespace) -> int:
     try:
         scores = run_demo(args.model, device=args.device, dtype=args.dtype)
     except ModelLoadError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        print(
-            "From the command line: pixie-rerank demo --model ./PIXIE-Spell-Reranker-Preview-0.6B "
-            "(or bash scripts/demo.sh --model ...), or set PIXIE_MODEL_PATH.",
-            file=sys.stderr,
+        return fail(
+            f"{exc} From the command line: pixie-rerank demo --model ./PIXIE-Spell-Reranker-Preview-0.6B, or set "
+            "PIXIE_MODEL_PATH."
         )
-        return 2
     print(f"model: {args.model}  dtype: {args.dtype}")
     print(f"{'#':>2}  {'card':>8}  {'pixie':>8}  {'diff':>9}  query / document")
     worst = 0.0
@@ -85,24 +84,39 @@ def _register_demo(subparsers: Any) -> None:
         default=os.environ.get("PIXIE_MODEL_PATH", "telepix/PIXIE-Spell-Reranker-Preview-0.6B"),
         help="hub id or local folder (default: $PIXIE_MODEL_PATH or the PIXIE hub id)",
     )
-    parser.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
-    parser.add_argument("--dtype", default="float32", help="float32 (the card's precision, default) or bfloat16")
+    add_device_dtype(
+        parser, dtype_default="float32", dtype_help="float32 (the card's precision, default), bfloat16 or float16"
+    )
     parser.set_defaults(func=_run_demo)
+
+
+def configure_logging(verbose: bool) -> None:
+    """The CLI's logging: warnings (``-v``: info) on stderr; download bars on, per-load weight bars off."""
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
+    if not verbose:
+        # transformers' per-load "Loading weights" bars drown the command's own output. Its switch also turns off
+        # huggingface_hub's download bars, which a first run needs (a 1.2 GB download with no sign of life):
+        # turn those back on unless the user disabled them (HF_HUB_DISABLE_PROGRESS_BARS).
+        import huggingface_hub.utils as hub_utils
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        if os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS", "").upper() not in ("1", "ON", "YES", "TRUE"):
+            hub_utils.enable_progress_bars()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``pixie-rerank``; returns the process exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
-    )
-    if not args.verbose:
-        # transformers' per-load "Loading weights" bars drown the command's own output.
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
-    return int(args.func(args) or 0)
+    configure_logging(args.verbose)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        # Ctrl-C: no traceback. Commands that keep partial work (eval's score cache) say so themselves.
+        return fail("interrupted", code=EXIT_INTERRUPTED)
 
 
 if __name__ == "__main__":

@@ -40,7 +40,11 @@ if TYPE_CHECKING:
 
 __all__ = ["PixieRanker"]
 
-logger = logging.getLogger(__name__)
+# The class's public home in Haystack's integration namespace (installed with this package): pipelines saved with
+# the ranker name this path, which Haystack's default deserialization allow-list trusts, and logging under it is
+# covered by Haystack's logging setup (haystack.logging.configure_logging).
+_HAYSTACK_MODULE = "haystack_integrations.components.rankers.pixie"
+logger = logging.getLogger(_HAYSTACK_MODULE)
 
 # One lock for every ranker: warm_up may race with itself (Pipeline.run_async, run_async's lazy warm-up in a
 # thread). Loads are serialized by the core's registry lock anyway, so a global lock costs nothing.
@@ -171,6 +175,8 @@ class PixieRanker:
     With ``api_base_url="http://host:8000"`` the scores come from a server (``pixie-rerank serve``; vLLM with
     ``api="vllm"``) and no model is loaded in this process; ``run`` is otherwise the same.
     """
+
+    __module__ = _HAYSTACK_MODULE  # the saved type: haystack_integrations.components.rankers.pixie.PixieRanker
 
     def __init__(
         self,

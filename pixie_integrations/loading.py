@@ -5,11 +5,13 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import socket
 import threading
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import torch
 
@@ -130,6 +132,35 @@ def _load_error(model: str, exc: Exception, stage: str) -> ModelLoadError:
     )
 
 
+_PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
+
+
+def hub_unreachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face Hub is out of reach: offline mode, or no TCP connection to its endpoint.
+
+    Without network, huggingface_hub retries each request five times with backoff (about 25 s of warnings) before
+    transformers gives up. One quick connection attempt first lets a load go straight to the local cache instead:
+    it succeeds at once when the model is cached, and fails at once, with our message, when it is not.
+    """
+    from huggingface_hub import constants
+
+    offline = getattr(constants, "is_offline_mode", None)
+    if (offline() if offline is not None else constants.HF_HUB_OFFLINE) is True:
+        return True
+    if any(os.environ.get(name) for name in _PROXY_VARIABLES):
+        return False  # only the hub client knows how to go through the proxy
+    endpoint = urlsplit(constants.ENDPOINT)
+    if endpoint.hostname is None:
+        return False
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        with socket.create_connection((endpoint.hostname, port), timeout=timeout):
+            return False
+    except OSError as exc:
+        logger.info("Cannot connect to %s (%s): using the local Hugging Face cache only.", constants.ENDPOINT, exc)
+        return True
+
+
 def load_model(
     model: str,
     *,
@@ -185,6 +216,9 @@ def load_model(
                 "(config.json, weights and tokenizer files), or at a Hugging Face Hub id such as "
                 "'telepix/PIXIE-Spell-Reranker-Preview-0.6B'."
             )
+        if not local_files_only and not Path(model).exists() and hub_unreachable():
+            # No network: the local cache or nothing, decided now rather than after the hub client's retries.
+            local_files_only = True
         hub_kwargs: dict[str, Any] = {
             "revision": revision,
             "token": token,

@@ -53,3 +53,191 @@ def test_quickstart_example_runs_offline(monkeypatch: pytest.MonkeyPatch, capsys
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
     assert "scores: [" in out and out.count("  0.") == 3 and "with a domain instruction" in out
+
+
+# -- user mistakes: one line on stderr, a non-zero exit, and the fix -------------------------------------------------
+DATA = Path(__file__).parent / "data" / "beir_tiny"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _one_error_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["demo", "--device", "gpu"], "use cuda"),
+        (["serve", "--device", "gpu"], "use cuda"),
+        (["eval", "--data", "d", "--output", "o", "--device", "gpu"], "use cuda"),
+        (["bench", "--device", "gpu"], "use cuda"),
+        (["demo", "--dtype", "flaot32"], "did you mean float32?"),
+        (["serve", "--dtype", "flaot32"], "did you mean float32?"),
+        (["eval", "--data", "d", "--output", "o", "--dtype", "flaot32"], "did you mean float32?"),
+        (["bench", "--systems", "pixie:dtype=flaot32"], "did you mean float32?"),
+        (["bench", "--systems", "pixie:token_budjet=10"], "settings are key=value pairs of attn_implementation"),
+        (["bench", "--systems", "warp-drive"], "choose from card-fp32, card-bf16, pixie"),
+        (["bench", "--systems", "pixie:token_budget=0"], "expected a positive integer"),
+        (["eval", "--data", "d"], "required: --output"),
+    ],
+)
+def test_usage_mistakes_are_one_line_with_the_fix(
+    argv: list[str], expected: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    captured = capsys.readouterr()
+    line = _one_error_line(captured.err)
+    assert line.startswith(f"pixie-rerank {argv[0]}: error:") and expected in line
+    assert f"see pixie-rerank {argv[0]} --help" in line and not captured.out
+
+
+@pytest.mark.parametrize("command", ["demo", "serve", "eval", "bench"])
+def test_cuda_on_a_machine_without_it_is_refused_before_loading(
+    command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    extra = ["--data", "d", "--output", "o"] if command == "eval" else []
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, *extra, "--device", "cuda"])
+    assert exit_info.value.code == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert "'cuda' is not available" in line and "--device cpu" in line
+
+
+def test_missing_model_folder_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for argv in (
+        ["bench", "--model", str(tmp_path / "missing"), "--systems", "pixie", "--no-progress"],
+        ["demo", "--model", str(tmp_path / "missing"), "--device", "cpu"],
+    ):
+        assert main(argv) == 2
+        line = _one_error_line(capsys.readouterr().err)
+        assert "does not exist" in line and "--model" in line
+
+
+def test_bench_without_its_extra_names_it() -> None:
+    # sys.modules[name] = None makes the import fail as if the package were not installed.
+    code = (
+        "import sys; sys.modules['sentence_transformers'] = None; from pixie_integrations.cli import main; "
+        "sys.exit(main(['bench', '--preset', 'cpu', '--no-progress']))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False, timeout=120)
+    assert result.returncode == 2
+    line = _one_error_line(result.stderr)
+    assert 'pip install "pixie-integrations[bench]"' in line and "--systems pixie" in line
+
+
+def test_ctrl_c_during_eval_exits_quietly_and_the_rerun_resumes(
+    tiny_reranker: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    from pixie_integrations.evaluation import runner
+    from pixie_integrations.evaluation.cache import ScoreCache
+    from pixie_integrations.scorer import PixieScorer
+
+    real = PixieScorer.score_pairs
+    sizes: list[int] = []
+
+    def interrupted_on_third_call(self: PixieScorer, pairs: list[tuple[str, str]], **kwargs: object) -> list[float]:
+        sizes.append(len(pairs))
+        if len(sizes) == 3:
+            raise KeyboardInterrupt  # what Ctrl-C raises in the middle of scoring
+        return real(self, pairs, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(PixieScorer, "score_pairs", interrupted_on_third_call)
+    out = tmp_path / "out"
+    argv = ["eval", "--data", str(DATA), "--model", str(tiny_reranker), "--output", str(out)]
+    argv += ["--device", "cpu", "--dtype", "float32", "--no-plot", "--no-progress"]
+    assert main(argv) == 130
+    line = _one_error_line(capsys.readouterr().err)
+    assert "interrupted" in line and "run the same command again to resume" in line
+    # On a CPU each model call scores a few dozen pairs and commits them: the progress bar and the cache move.
+    assert sizes[:2] == [runner._CPU_CALL_PAIRS] * 2
+    with ScoreCache(out / "scores.sqlite") as cache:
+        assert cache.count() == 2 * runner._CPU_CALL_PAIRS
+
+    monkeypatch.setattr(PixieScorer, "score_pairs", real)
+    assert main(argv) == 0
+    metrics = json.loads(next(out.glob("*/metrics.json")).read_text())
+    assert metrics["cache_hits"] == 2 * runner._CPU_CALL_PAIRS
+    assert metrics["pairs_scored"] == metrics["pairs"] - 2 * runner._CPU_CALL_PAIRS
+
+
+def test_offline_hub_load_fails_fast_and_once(tmp_path: Path) -> None:
+    import os
+    import time
+
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    # An empty cache and a Hub endpoint nobody listens on: what a machine without network sees.
+    env.update(HF_HOME=str(tmp_path / "hf"), HF_ENDPOINT="http://127.0.0.1:9")
+    started = time.perf_counter()
+    result = subprocess.run(
+        [sys.executable, "-m", "pixie_integrations", "demo", "--model", "someone/some-reranker", "--device", "cpu"],
+        capture_output=True,
+        text=True,
+        check=False,
+        env=env,
+        timeout=120,
+    )
+    elapsed = time.perf_counter() - started
+    assert result.returncode == 2
+    line = _one_error_line(result.stderr)
+    assert "someone/some-reranker" in line and "Retrying" not in result.stderr
+    assert elapsed < 20  # the hub client's own retries alone take about 25 s
+
+
+def test_cli_logging_keeps_download_bars_and_hides_weight_loading_bars() -> None:
+    import huggingface_hub.utils as hub_utils
+    from transformers.utils import logging as hf_logging
+
+    from pixie_integrations.cli import configure_logging
+
+    try:
+        configure_logging(verbose=False)
+        assert not hub_utils.are_progress_bars_disabled()
+        assert not hf_logging.is_progress_bar_enabled()
+    finally:
+        hf_logging.enable_progress_bar()
+
+
+def test_bench_progress_ticks_during_a_long_call(capsys: pytest.CaptureFixture[str]) -> None:
+    import time
+
+    from pixie_integrations.benchmark import _Progress
+
+    progress = _Progress(2, enabled=True)
+    try:
+        progress.doing("card-bf16, query 1/2")
+        time.sleep(2.3)
+        assert progress.bar.postfix is not None and "card-bf16, query 1/2 2s" in progress.bar.postfix
+        progress.done()
+        assert progress.bar.n == 1
+    finally:
+        progress.close()
+
+
+def test_gpu_script_stops_without_a_gpu(tmp_path: Path) -> None:
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "nvidia-smi").write_text("#!/bin/sh\nexit 9\n")  # as on a machine without a driver or a GPU
+    (fake / "nvidia-smi").chmod(0o755)
+    result = subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / "gpu.sh")],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=tmp_path,
+        env={"PATH": f"{fake}:/usr/bin:/bin", "HOME": str(tmp_path)},
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert "no NVIDIA GPU" in _one_error_line(result.stderr)
+    assert not (tmp_path / "runs").exists()

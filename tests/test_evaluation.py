@@ -322,6 +322,7 @@ def test_a_crash_keeps_the_scores_already_computed(
     tiny_encoder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(runner_module, "_CHUNK_PAIRS", 20)  # several commits on the tiny dataset
+    monkeypatch.setattr(runner_module, "_CPU_CALL_PAIRS", 10_000)  # one model call (and commit) per chunk
     crashing = _scorer(tiny_encoder)
     crashing.fail_on_call = 3
     with pytest.raises(RuntimeError, match="simulated crash"):

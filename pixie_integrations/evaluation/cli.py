@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import sys
 from typing import Any
+
+from ..cli_args import EXIT_INTERRUPTED, add_device_dtype, fail, positive_int
 
 __all__ = ["register"]
 
@@ -67,14 +68,14 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument(
         "--candidates",
-        type=_positive_int,
+        type=positive_int,
         default=100,
         metavar="K",
         help="shortlist depth per query (default: 100, the card's candidate_k)",
     )
     parser.add_argument(
         "--k",
-        type=_positive_int,
+        type=positive_int,
         nargs="+",
         default=[1, 3, 5, 10],
         metavar="K",
@@ -85,13 +86,10 @@ def register(subparsers: Any) -> None:
         default=None,
         help="the reranker's task instruction (default: the card's web-search instruction)",
     )
-    parser.add_argument("--device", default=None, help="cuda, cuda:1, mps or cpu (default: the best available)")
-    parser.add_argument(
-        "--dtype", default=None, help="float32, bfloat16 or float16 (default: bfloat16 on CUDA, else float32)"
-    )
+    add_device_dtype(parser)
     parser.add_argument(
         "--max-length",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         metavar="N",
         help="most tokens per (query, document) input, template included (default: the model's)",
@@ -100,17 +98,17 @@ def register(subparsers: Any) -> None:
         "--batch-size",
         "--batch",
         dest="batch_size",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         metavar="N",
         help="most pairs per forward pass (default: no cap beyond the token budget)",
     )
     parser.add_argument(
         "--token-budget",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         metavar="N",
-        help="most padded tokens per forward pass (default: 16384 on CUDA, 2048 on CPU)",
+        help="most padded tokens per forward pass (default: 16384 on CUDA, 8192 on MPS, 1024 on CPU)",
     )
     parser.add_argument(
         "--trust-remote-code",
@@ -134,31 +132,16 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(func=_run)
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
 def _run(args: argparse.Namespace) -> int:
     models = args.model or [os.environ.get("PIXIE_MODEL_PATH") or _DEFAULT_MODEL]
     if args.run and len(args.run) != len(args.data):
-        print(
-            f"error: {len(args.run)} --run files for {len(args.data)} --data folders; give one per folder",
-            file=sys.stderr,
-        )
-        return 2
+        return fail(f"{len(args.run)} --run files for {len(args.data)} --data folders; give one per folder")
     try:
         from ..loading import ModelLoadError
         from .data import DataError
         from .runner import evaluate, evaluate_suite
     except ImportError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return fail(f'{exc}; pip install "pixie-integrations[eval]"')
     options: dict[str, Any] = {
         "split": args.split,
         "candidates": args.candidates,
@@ -189,9 +172,17 @@ def _run(args: argparse.Namespace) -> int:
             suite = evaluate_suite(args.data, models, output_dir=args.output, runs=runs, **options)
             print(suite.to_markdown())
     except (DataError, ModelLoadError, ImportError, ValueError) as exc:
-        logger.debug("eval failed", exc_info=True)  # -v shows where
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        logger.info("eval failed", exc_info=True)  # -v shows where
+        return fail(exc)
+    except KeyboardInterrupt:
+        # Every score computed so far is committed to the cache: the same command picks up from there.
+        if args.no_cache:
+            return fail("interrupted", code=EXIT_INTERRUPTED)
+        return fail(
+            f"interrupted; the scores computed so far are cached in {args.output}: run the same command again to "
+            "resume",
+            code=EXIT_INTERRUPTED,
+        )
     print(
         f"Written to {args.output}: results.md, results.json, ndcg.png and one folder per model "
         f"(run.trec, metrics.json)."

@@ -42,9 +42,12 @@ ModelSpec = Union[str, "os.PathLike[str]", "PixieScorer"]
 FIRST_STAGE_DIR = "_first_stage"
 """Output folder of the shortlist (model folders never start with ``_``)."""
 CACHE_FILE = "scores.sqlite"
-# Pairs scored per model call and committed to the cache together: big enough to batch well on a GPU, small enough
-# that a crash loses little.
+# Pairs looked up in the cache together, and scored per model call on a GPU: big enough to batch well there, small
+# enough that a crash loses little (each call's scores are committed at once).
 _CHUNK_PAIRS = 2048
+# Pairs per model call elsewhere: a CPU scores a few dozen pairs a second, and the progress bar (and the cache) should
+# move every second or so, not once a minute. The batches inside a call are small on a CPU anyway (token budget).
+_CPU_CALL_PAIRS = 32
 
 
 @dataclass
@@ -490,13 +493,18 @@ def _evaluate_model(
                 if scorer is None:
                     logger.info("Loading %s.", model_id)
                     scorer = PixieScorer(model_id, instruction=instruction, **scorer_options)
-                scores = scorer.score_pairs(list(missing.values()), instruction=instruction, raw=True)
-                calls += 1
-                scored += len(missing)
-                fresh = dict(zip(missing, scores))
-                cache.put_many(model_key, fresh.items())
-                found.update(fresh)
-                progress.update(len(items) - chunk_hits)
+                pending = list(missing.items())
+                step = _CHUNK_PAIRS if scorer.device.type == "cuda" else _CPU_CALL_PAIRS
+                for start in range(0, len(pending), step):
+                    part = pending[start : start + step]
+                    scores = scorer.score_pairs([pair for _, pair in part], instruction=instruction, raw=True)
+                    calls += 1
+                    scored += len(part)
+                    fresh = {key: score for (key, _), score in zip(part, scores, strict=True)}
+                    cache.put_many(model_key, fresh.items())
+                    found.update(fresh)
+                    progress.update(len(part))
+                progress.update(len(items) - chunk_hits - len(missing))  # repeated pairs, scored once
             for qid in chunk:
                 run[qid] = {}
             for qid, doc_id, key in items:

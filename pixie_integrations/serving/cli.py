@@ -11,6 +11,7 @@ import os
 import sys
 from typing import Any
 
+from ..cli_args import add_device_dtype
 from .limits import ServerLimits
 
 __all__ = ["register"]
@@ -50,8 +51,7 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default: 127.0.0.1, this machine only)")
     parser.add_argument("--port", type=_port, default=8000, help="TCP port (default: 8000)")
-    parser.add_argument("--device", default=None, help="cuda, cuda:1, mps or cpu (default: the best available)")
-    parser.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: per device)")
+    add_device_dtype(parser)
     parser.add_argument(
         "--max-length", type=_positive_int, default=None, help="most tokens of one input (default: the model's limit)"
     )
