@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from .._lazy import lazy_exports
 
 # Checked, not imported: `pixie-rerank --help` imports this package (for the serve command) and must stay fast.
-_MISSING = [name for name in ("fastapi", "httpx") if importlib.util.find_spec(name) is None]
+_MISSING = [name for name in ("fastapi", "httpx", "tenacity") if importlib.util.find_spec(name) is None]
 if _MISSING:
     raise ImportError(
         f'pixie_integrations.serving needs {" and ".join(_MISSING)}: pip install "pixie-integrations[serve]"'
