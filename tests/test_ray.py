@@ -173,7 +173,7 @@ def test_ray_data_scores_pairs_and_keeps_every_column(
         for i in range(3000)
     ]
     scored = rerank_dataset(
-        ray.data.from_items(rows),
+        ray.data.from_items(rows, override_num_blocks=6),
         tiny_reranker,
         document_column="document",
         concurrency=2,
@@ -194,7 +194,7 @@ def test_ray_data_reranks_candidate_lists(ray_cluster: None, tiny_reranker: Path
 
     rows = [{"qid": f"q{i}", "query": q, "candidates": d} for i, (q, d) in enumerate(_jobs(200))]
     scored = rerank_dataset(
-        ray.data.from_items(rows),
+        ray.data.from_items(rows, override_num_blocks=6),
         tiny_reranker,
         documents_column="candidates",
         concurrency=2,
@@ -205,12 +205,15 @@ def test_ray_data_reranks_candidate_lists(ray_cluster: None, tiny_reranker: Path
     )
     out = {row["qid"]: row for row in scored.take_all()}
     assert len(out) == len(rows)
+    expected: dict[tuple[str, tuple[str, ...]], tuple[list[float], list[int]]] = {}
+    for query, docs in {(r["query"], tuple(r["candidates"])) for r in rows}:
+        order = [r.index for r in tiny_scorer.rank(query, list(docs))]
+        expected[query, docs] = (tiny_scorer.score(query, list(docs)), [order.index(i) + 1 for i in range(len(docs))])
     for row in rows:
         got = out[row["qid"]]
         assert got["query"] == row["query"] and list(got["candidates"]) == row["candidates"]
-        assert list(got["scores"]) == pytest.approx(tiny_scorer.score(row["query"], row["candidates"]), abs=1e-6)
-        order = [r.index for r in tiny_scorer.rank(row["query"], row["candidates"])]
-        assert [order.index(i) + 1 for i in range(len(order))] == list(got["ranks"])
+        scores, ranks = expected[row["query"], tuple(row["candidates"])]
+        assert list(got["scores"]) == pytest.approx(scores, abs=1e-6) and list(got["ranks"]) == ranks
 
 
 def test_batch_scorer_takes_numpy_and_pandas_batches_without_mutating_them(tiny_reranker: Path) -> None:
