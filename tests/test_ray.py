@@ -256,3 +256,27 @@ def test_evaluate_on_ray_gives_the_local_metrics(ray_cluster: None, tiny_reranke
         assert there.run[qid] == pytest.approx(docs, abs=1e-5)
     with pytest.raises(ValueError, match="engine"):
         evaluate(DATA, str(tiny_reranker), engine="spark", **options)
+
+
+def test_eval_cli_ray_flag_selects_the_ray_engine(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pixie_integrations.cli import main
+    from pixie_integrations.evaluation import runner
+
+    seen: dict[str, Any] = {}
+
+    class Result:
+        def to_markdown(self) -> str:
+            return "table"
+
+    def fake_evaluate(*args: Any, **kwargs: Any) -> Result:
+        seen.update(kwargs)
+        return Result()
+
+    monkeypatch.setattr(runner, "evaluate", fake_evaluate)
+    assert main(["eval", "--data", str(DATA), "--model", "m", "--output", str(tmp_path), "--ray"]) == 0
+    assert seen["engine"] == "ray"
+    assert main(["eval", "--data", str(DATA), "--model", "m", "--output", str(tmp_path)]) == 0
+    assert seen["engine"] == "local"
+    assert "table" in capsys.readouterr().out

@@ -338,8 +338,13 @@ def test_vllm_long_documents_are_cut_on_the_client_like_the_local_scorer(
         whole.score(QUERY, long_docs)  # never cut silently by the server
     assert info.value.status_code == 400
     local = PixieScorer(str(tiny_reranker), device="cpu", dtype="float32", max_length=160)
+    expected = local.score(QUERY, long_docs)
     with RemoteScorer(url, api="vllm", max_length=160, tokenizer=str(tiny_reranker)) as cut:
-        assert cut.score(QUERY, long_docs) == pytest.approx(local.score(QUERY, long_docs), abs=1e-5)
+        assert cut.score(QUERY, long_docs) == pytest.approx(expected, abs=1e-5)
+    # Without tokenizer=, the served model's name is the tokenizer (here vLLM serves a local folder).
+    by_path = VllmStandIn(tiny_reranker, model_id=str(tiny_reranker), max_model_len=160)
+    with serve_in_thread(by_path.app) as path_url, RemoteScorer(path_url, api="vllm", max_length=160) as cut:
+        assert cut.score(QUERY, long_docs) == pytest.approx(expected, abs=1e-5)
 
 
 def test_template_models_are_refused_where_an_engine_would_change_the_text(

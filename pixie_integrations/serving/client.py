@@ -32,7 +32,6 @@ import asyncio
 import email.utils
 import logging
 import math
-import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -46,8 +45,9 @@ from tenacity import AsyncRetrying, Retrying, retry_if_exception, stop_after_att
 from .. import __version__
 from ..families import ModelFamily
 from ..ranking import RankResult, check_top_n, rank_by_score
-from ..template import DEFAULT_INSTRUCTION, DOCUMENT_HEAD, SUFFIX, format_document, format_query
+from ..template import DEFAULT_INSTRUCTION, format_document, format_query
 from ..validation import check_documents, check_pairs, check_query
+from .engines import DocumentCutter, engine_family
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -66,8 +66,6 @@ _DEFAULT_DOCUMENT_CAP = {"pixie": 128, "vllm": 128, "tei": 32, "infinity": 256}
 _RETRY_STATUSES = frozenset({429, 503})
 # A server's Retry-After is honoured up to this many seconds; past it the call fails rather than hang.
 _MAX_RETRY_AFTER_S = 60.0
-# Served names that are PIXIE-template models (for refusing them on TEI/Infinity when no family is given).
-_TEMPLATE_NAME = re.compile(r"pixie|qwen3[-_]?reranker", re.IGNORECASE)
 
 
 class RemoteScorerError(RuntimeError):
@@ -174,8 +172,9 @@ class RemoteScorer:
         self.base_url = base_url.rstrip("/")
         self.api: Api = api
         self.instruction = instruction
-        self.family = _engine_family(api, family, model)
+        self.family = engine_family(api, family, model)
         self._family_given = family is not None
+        self._family_arg = None if family is None else self.family.value
         if max_length is not None and (api != "vllm" or not self.family.uses_template):
             raise ValueError(
                 "max_length cuts documents on the client for template models on vLLM (api='vllm'); the pixie server "
@@ -191,7 +190,7 @@ class RemoteScorer:
         self.backoff = backoff
         self.timeout = timeout
         self._tokenizer_name = tokenizer
-        self._cutter: _DocumentCutter | None = None
+        self._cutter: DocumentCutter | None = None
         self._headers = dict(headers or {})
         self._model = model
         self._lock = threading.Lock()
@@ -329,7 +328,7 @@ class RemoteScorer:
             "api": self.api,
             "model": self._model,
             "instruction": self.instruction,
-            "family": self.family.value,
+            "family": self._family_arg,
             "tokenizer": self._tokenizer_name,
             "max_length": self.max_length,
             "vllm_route": self.vllm_route,
@@ -425,9 +424,10 @@ class RemoteScorer:
             payload = {
                 "query": format_query(query, instruction),
                 "documents": self._documents_b([query] * len(texts), texts, instruction),
+                "top_n": len(texts),
             }
         else:
-            payload = {"query": query, "documents": texts}
+            payload = {"query": query, "documents": texts, "top_n": len(texts)}
         if self._model is not None:
             payload["model"] = self._model
         parse = _parse_cohere_results(len(texts), "relevance_score")
@@ -439,10 +439,14 @@ class RemoteScorer:
         """Text B of each pair, the document cut to ``max_length`` (template included) when one is set."""
         if self.max_length is None:
             return [format_document(d) for d in texts]
-        with self._lock:
-            if self._cutter is None:
-                self._cutter = _DocumentCutter(self._tokenizer_name or self.model_name, self.max_length)
-        cut, truncated = self._cutter.cut(queries, texts, instruction)
+        cutter = self._cutter
+        if cutter is None:
+            name = self._tokenizer_name or self.model_name  # outside the lock: model_name may take it
+            with self._lock:
+                if self._cutter is None:
+                    self._cutter = DocumentCutter(name, self.max_length)
+                cutter = self._cutter
+        cut, truncated = cutter.cut(queries, texts, instruction)
         if truncated:
             logger.warning(
                 "%d of %d documents were longer than max_length=%d tokens with the template; their ends were cut.",
@@ -571,7 +575,7 @@ class RemoteScorer:
             if not isinstance(body, dict) or not body.get("model_id"):
                 raise _unexpected(self.base_url + "/info", "expected {'model_id': ...}; pass model= to RemoteScorer")
             if not self._family_given:
-                _engine_family(self.api, None, str(body["model_id"]))
+                engine_family(self.api, None, str(body["model_id"]))
             return str(body["model_id"])
         body = self._request("GET", "/v1/models" if self.api != "infinity" else "/models", None)
         data = body.get("data") if isinstance(body, dict) else None
@@ -583,90 +587,8 @@ class RemoteScorer:
             logger.warning("%s serves several models; using %r (pass model= to choose)", self.base_url, data[0]["id"])
         name = str(data[0]["id"])
         if not self._family_given:
-            _engine_family(self.api, None, name)  # an Infinity serving a template model is refused here
+            engine_family(self.api, None, name)  # an Infinity serving a template model is refused here
         return name
-
-
-# -- engines and families --------------------------------------------------------------------------------------------
-def _engine_family(api: str, family: ModelFamily | str | None, model: str | None) -> ModelFamily:
-    """The family the client formats for; a template family on TEI or Infinity is a ``ValueError``."""
-    if family is not None:
-        try:
-            family = ModelFamily(family)
-        except ValueError:
-            raise ValueError(f"family must be one of {[f.value for f in ModelFamily]}, got {family!r}") from None
-    if api in ("tei", "infinity"):
-        looks_template = family is None and model is not None and _TEMPLATE_NAME.search(model) is not None
-        if (family is not None and family.uses_template) or looks_template:
-            what = family.value if family is not None else f"the template model {model!r}"
-            raise ValueError(_REFUSALS[api].format(what=what))
-        return ModelFamily.ENCODER
-    if family is None:
-        return ModelFamily.QWEN3_SEQ_CLS
-    return family
-
-
-_REFUSALS = {
-    "tei": (
-        "text-embeddings-inference cannot score {what} as the model card does: TEI's /rerank does not serve Qwen3 "
-        "sequence classifiers, and its truncation cuts the end of the pair, which is the template's suffix. Serve "
-        "it with `pixie-rerank serve` (api='pixie'), Ray Serve (pixie_integrations.ray) or vLLM (api='vllm'); use "
-        "TEI for encoder cross-encoders such as BAAI/bge-reranker-v2-m3."
-    ),
-    "infinity": (
-        "Infinity cannot score {what} as the model card does: it strips leading and trailing whitespace from the "
-        "query and every document, which deletes the newlines that end the template's suffix, so the score would "
-        "be read at another token. Serve it with `pixie-rerank serve` (api='pixie'), Ray Serve "
-        "(pixie_integrations.ray) or vLLM (api='vllm'); use Infinity for encoder cross-encoders such as "
-        "BAAI/bge-reranker-v2-m3."
-    ),
-}
-
-
-class _DocumentCutter:
-    """Cuts documents on the client so that text A + text B fits ``max_length`` tokens, as ``PixieScorer`` cuts.
-
-    The local scorer keeps the first ``room`` tokens of ``"<Document>: " + document``; a server only takes text,
-    so the document is cut at the character where token ``room`` starts (the tokenizer's offsets).
-    """
-
-    def __init__(self, tokenizer: str, max_length: int) -> None:
-        try:
-            from transformers import AutoTokenizer
-        except ImportError as exc:
-            raise ImportError("max_length on the client needs transformers (for the tokenizer only)") from exc
-        self.tokenizer = AutoTokenizer.from_pretrained(tokenizer)
-        if not self.tokenizer.is_fast:
-            raise ValueError(f"cutting documents needs a fast tokenizer (with offsets); {tokenizer!r} has none")
-        self.max_length = max_length
-        self.lock = threading.Lock()  # a fast tokenizer is not safe to share between threads
-        with self.lock:
-            self.suffix = len(self.tokenizer(SUFFIX, add_special_tokens=False)["input_ids"])
-            self.head = len(self.tokenizer(DOCUMENT_HEAD.rstrip(), add_special_tokens=False)["input_ids"])
-
-    def cut(self, queries: list[str], documents: list[str], instruction: str) -> tuple[list[str], int]:
-        with self.lock:
-            unique = list(dict.fromkeys(queries))
-            prefix_ids = self.tokenizer([format_query(q, instruction) for q in unique], add_special_tokens=False)
-            prefix = dict(zip(unique, map(len, prefix_ids["input_ids"])))
-            heads = [DOCUMENT_HEAD + d for d in documents]
-            encoded = self.tokenizer(heads, add_special_tokens=False, return_offsets_mapping=True)
-        out, truncated = [], 0
-        for query, document, head, ids, offsets in zip(
-            queries, documents, heads, encoded["input_ids"], encoded["offset_mapping"]
-        ):
-            room = self.max_length - prefix[query] - self.suffix
-            if room < self.head:
-                raise ValueError(
-                    f"max_length={self.max_length} cannot hold the template and the query: they take "
-                    f"{prefix[query] + self.suffix} tokens and the document marker {self.head}"
-                )
-            if len(ids) <= room:
-                out.append(document)
-                continue
-            truncated += 1
-            out.append(head[: offsets[room][0]][len(DOCUMENT_HEAD) :])
-        return out, truncated
 
 
 # -- answers ---------------------------------------------------------------------------------------------------------
