@@ -280,3 +280,28 @@ def test_eval_cli_ray_flag_selects_the_ray_engine(
     assert main(["eval", "--data", str(DATA), "--model", "m", "--output", str(tmp_path)]) == 0
     assert seen["engine"] == "local"
     assert "table" in capsys.readouterr().out
+
+
+def test_example_runs_offline_with_tiny_model() -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))  # this checkout's package
+    result = subprocess.run(
+        [sys.executable, "examples/ray_rerank.py", "--tiny"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=240,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    assert "RemoteScorer.rank" in out and "Ray shut down." in out
+    replicas = out.split("answered by replicas: ")[1].splitlines()[0]
+    assert replicas.count(":") == 2  # both replicas answered
+    differences = [float(part.split()[0]) for part in out.split("largest difference from the in-process scorer: ")[1:]]
+    assert len(differences) == 2 and max(differences) < 1e-5
