@@ -340,7 +340,7 @@ def test_remote_scorer_checks_input_like_pixie_scorer(remote: RemoteScorer) -> N
     with pytest.raises(ValueError, match="top_n"):
         remote.rank(QUERY, DOCS, top_n=0)
     with pytest.raises(ValueError, match="api"):
-        RemoteScorer("http://127.0.0.1:1", api="tei")  # type: ignore[arg-type]
+        RemoteScorer("http://127.0.0.1:1", api="bogus")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="base_url"):
         RemoteScorer("127.0.0.1:8000")
 
@@ -359,7 +359,7 @@ def test_server_errors_name_the_url_and_status(server_url: str) -> None:
 
 def test_connection_refused_says_the_server_is_not_reachable() -> None:
     url = f"http://127.0.0.1:{free_port()}"  # bound then closed: nothing listens there
-    with RemoteScorer(url, timeout=5) as scorer:
+    with RemoteScorer(url, timeout=5, retries=0) as scorer:
         with pytest.raises(RemoteScorerError, match=f"not reachable at {url}/score") as info:
             scorer.score(QUERY, DOCS)
         assert info.value.status_code is None

@@ -129,6 +129,12 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--no-cache", action="store_true", help="do not read or write the score cache")
     parser.add_argument("--no-plot", action="store_true", help="do not draw ndcg.png")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--ray",
+        action="store_true",
+        help="score on Ray Data (the local Ray instance, or the cluster RAY_ADDRESS names): an actor pool, one "
+        'model per actor, for corpora too large for one process; same metrics (pip install "pixie-integrations[ray]")',
+    )
     parser.set_defaults(func=_run)
 
 
@@ -158,6 +164,7 @@ def _run(args: argparse.Namespace) -> int:
         "cache": not args.no_cache,
         "show_progress_bar": not args.no_progress,
         "plot": not args.no_plot,
+        "engine": "ray" if args.ray else "local",
     }
     try:
         if len(args.data) == 1:

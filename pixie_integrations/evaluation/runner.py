@@ -42,6 +42,8 @@ ModelSpec = Union[str, "os.PathLike[str]", "PixieScorer"]
 FIRST_STAGE_DIR = "_first_stage"
 """Output folder of the shortlist (model folders never start with ``_``)."""
 CACHE_FILE = "scores.sqlite"
+ENGINES = ("local", "ray")
+"""Where :func:`evaluate` scores: in this process, or as a Ray Data job."""
 # Pairs looked up in the cache together, and scored per model call on a GPU: big enough to batch well there, small
 # enough that a crash loses little (each call's scores are committed at once).
 _CHUNK_PAIRS = 2048
@@ -248,6 +250,8 @@ def evaluate(
     cache: bool | str | os.PathLike[str] | ScoreCache = True,
     show_progress_bar: bool = True,
     plot: bool = True,
+    engine: str = "local",
+    ray_options: Mapping[str, Any] | None = None,
 ) -> EvaluationResult:
     """Rerank a first-stage shortlist with each model and report NDCG@k as the model card's tables do.
 
@@ -272,6 +276,11 @@ def evaluate(
             one between calls.
         show_progress_bar: A tqdm bar per model while reranking.
         plot: Draw ``ndcg.png``.
+        engine: ``"local"`` scores in this process; ``"ray"`` runs the scoring stage as a Ray Data job (an actor
+            pool, each actor holding one model; needs ``pixie-integrations[ray]``), for corpora too large for one
+            process. Same scores, cache and metrics; models must be ids or paths, not loaded scorers.
+        ray_options: With ``engine="ray"``: :func:`~pixie_integrations.ray.rerank_dataset`'s ``concurrency``
+            (actors), ``num_gpus`` / ``num_cpus`` (per actor) and ``rows_per_batch`` (pairs per call).
 
     Returns:
         The first stage's and each model's metrics (``result["telepix/PIXIE-..."].ndcg[10]``) and the table.
@@ -279,6 +288,10 @@ def evaluate(
     if isinstance(candidates, bool) or not isinstance(candidates, int) or candidates <= 0:
         raise ValueError(f"candidates must be a positive int, got {candidates!r}")
     specs = _as_model_list(models)
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+    if engine == "ray" and not all(isinstance(s, (str, os.PathLike)) for s in specs):
+        raise ValueError('engine="ray" loads each model on the Ray actors: give hub ids or paths, not loaded scorers')
     ks = tuple(sorted(set(k_values)))
     instruction = DEFAULT_INSTRUCTION if instruction is None else instruction
     out = None if output_dir is None else Path(output_dir)
@@ -330,6 +343,7 @@ def evaluate(
                 scorer_options=_scorer_options(
                     device, dtype, max_length, batch_size, token_budget, trust_remote_code, scorer_kwargs
                 ),
+                ray_options=dict(ray_options or {}) if engine == "ray" else None,
             )
             if out is not None:
                 result.output_dir = out / name
@@ -456,11 +470,25 @@ def _evaluate_model(
     ks: tuple[int, ...],
     show_progress_bar: bool,
     scorer_options: dict[str, Any],
+    ray_options: dict[str, Any] | None = None,
 ) -> ModelResult:
     from tqdm.auto import tqdm
 
     from ..scorer import PixieScorer
 
+    if ray_options is not None:
+        return _evaluate_model_on_ray(
+            model_id,
+            name,
+            dataset,
+            shortlist,
+            first,
+            cache,
+            instruction=instruction,
+            ks=ks,
+            scorer_options=scorer_options,
+            ray_options=ray_options,
+        )
     started = time.perf_counter()
     scorer: PixieScorer | None = spec if isinstance(spec, PixieScorer) else None
     built_here = scorer is None
@@ -539,6 +567,98 @@ def _evaluate_model(
         seconds=seconds,
         instruction=instruction,
     )
+
+
+def _evaluate_model_on_ray(
+    model_id: str,
+    name: str,
+    dataset: BeirDataset,
+    shortlist: Shortlist,
+    first: FirstStageResult,
+    cache: ScoreCache,
+    *,
+    instruction: str,
+    ks: tuple[int, ...],
+    scorer_options: dict[str, Any],
+    ray_options: dict[str, Any],
+) -> ModelResult:
+    """:func:`_evaluate_model`'s work with the pairs the cache lacks scored in one Ray Data job (same keys, scores)."""
+    started = time.perf_counter()
+    model_key = _model_key(model_id, scorer_options)
+    items = [
+        (qid, doc_id, ScoreCache.key(model_key, instruction, _query_text(dataset, qid), dataset.document_text(doc_id)))
+        for qid, docs in shortlist.run.items()
+        for doc_id in docs
+    ]
+    found = cache.get_many([key for _, _, key in items])
+    hits = sum(1 for _, _, key in items if key in found)
+    missing: dict[bytes, tuple[str, str]] = {}
+    for qid, doc_id, key in items:
+        if key not in found and key not in missing:
+            missing[key] = (_query_text(dataset, qid), dataset.document_text(doc_id))
+    if missing:
+        logger.info("Scoring %d pairs with %s on Ray Data.", len(missing), model_id)
+        scores = _score_pairs_on_ray(model_id, list(missing.values()), instruction, scorer_options, ray_options)
+        fresh = dict(zip(missing, scores))
+        for start in range(0, len(fresh), _CHUNK_PAIRS):
+            cache.put_many(model_key, list(fresh.items())[start : start + _CHUNK_PAIRS])
+        found.update(fresh)
+    run: Run = {qid: {} for qid in shortlist.run}
+    for qid, doc_id, key in items:
+        run[qid][doc_id] = found[key]
+    seconds = time.perf_counter() - started
+    metrics = evaluate_run(dataset.qrels, run, k_values=ks)
+    logger.info("%s: Avg. NDCG %.4f (first stage %.4f) on Ray.", model_id, metrics.avg_ndcg, first.metrics.avg_ndcg)
+    return ModelResult(
+        model=model_id,
+        name=name,
+        metrics=metrics,
+        first_stage=first,
+        run=run,
+        pairs=shortlist.pairs,
+        cache_hits=hits,
+        pairs_scored=len(missing),
+        model_calls=1 if missing else 0,
+        seconds=seconds,
+        instruction=instruction,
+    )
+
+
+def _score_pairs_on_ray(
+    model_id: str,
+    pairs: list[tuple[str, str]],
+    instruction: str,
+    scorer_options: dict[str, Any],
+    ray_options: dict[str, Any],
+) -> list[float]:
+    """Raw logits of ``pairs`` (in order) from a Ray Data job: one actor pool, each actor loading the model once."""
+    try:
+        import ray.data
+
+        from ..ray.data import rerank_dataset
+    except ImportError as exc:
+        raise ImportError('engine="ray" needs Ray: pip install "pixie-integrations[ray]"') from exc
+    options = {"rows_per_batch": 1024, **ray_options}
+    rows = [{"i": i, "query": q, "document": d} for i, (q, d) in enumerate(pairs)]
+    scored = rerank_dataset(
+        ray.data.from_items(rows),
+        model_id,
+        document_column="document",
+        score_column="score",
+        instruction=instruction,
+        raw=True,
+        **options,
+        **{k: v for k, v in scorer_options.items() if k != "show_progress_bar"},
+        show_progress_bar=False,
+    )
+    scores: list[float | None] = [None] * len(pairs)
+    for batch in scored.select_columns(["i", "score"]).iter_batches(batch_format="pyarrow", batch_size=None):
+        for i, score in zip(batch.column("i").to_pylist(), batch.column("score").to_pylist()):
+            scores[i] = float(score)
+    lost = sum(s is None for s in scores)
+    if lost:
+        raise RuntimeError(f"the Ray Data job returned no score for {lost} of {len(pairs)} pairs")
+    return scores  # type: ignore[return-value]
 
 
 def _shortlist(

@@ -3,8 +3,9 @@
 - :func:`create_app` / :func:`serve`: a FastAPI app around one :class:`~pixie_integrations.PixieScorer`, with the
   Cohere/Jina rerank API that vLLM also serves (``POST /rerank``, ``/v1/rerank``), ``POST /score``, ``GET /health``
   and ``GET /v1/models``. ``pixie-rerank serve`` runs it.
-- :class:`RemoteScorer`: a client with ``PixieScorer``'s ``score`` / ``score_pairs`` / ``rank``, for this server
-  (``api="pixie"``) or a vLLM server running a PIXIE/Qwen3 seq-cls reranker (``api="vllm"``). The LangChain
+- :class:`RemoteScorer`: a client with ``PixieScorer``'s ``score`` / ``score_pairs`` / ``rank`` (and native async
+  ``ascore`` / ``ascore_pairs`` / ``arank``), for this server and its Ray Serve deployment (``api="pixie"``), vLLM
+  (``api="vllm"``), or TEI and Infinity for encoder cross-encoders (``api="tei"``, ``api="infinity"``). The LangChain
   and LlamaIndex ``PixieRerank`` take it as ``scorer=``.
 
 Needs ``pip install "pixie-integrations[serve]"``. See docs/serving.md.
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING
 from .._lazy import lazy_exports
 
 # Checked, not imported: `pixie-rerank --help` imports this package (for the serve command) and must stay fast.
-_MISSING = [name for name in ("fastapi", "httpx") if importlib.util.find_spec(name) is None]
+_MISSING = [name for name in ("fastapi", "httpx", "tenacity") if importlib.util.find_spec(name) is None]
 if _MISSING:
     raise ImportError(
         f'pixie_integrations.serving needs {" and ".join(_MISSING)}: pip install "pixie-integrations[serve]"'

@@ -1,33 +1,53 @@
 """``RemoteScorer``: ``PixieScorer``'s scoring API, answered by a server.
 
-Two servers are spoken to:
+Four servers are spoken to, each only for the models it scores exactly as the model card's code does:
 
-- ``api="pixie"``: ``pixie-rerank serve`` (:mod:`pixie_integrations.serving.server`); the server applies the template.
-- ``api="vllm"``: ``vllm serve <PIXIE or Qwen3 seq-cls reranker> --runner pooling``. vLLM does not know PIXIE's
-  prompt template, so this client writes text A and text B itself with
-  :func:`~pixie_integrations.template.format_query` / :func:`~pixie_integrations.template.format_document` and
-  posts them to vLLM's ``/score``, which concatenates and scores them: the same tokens, and so the same numbers, as
-  the local scorer. It never asks vLLM to truncate: vLLM cuts from the end, which is the template's suffix, and the
-  score would be read at the wrong token. An input longer than the server's ``max_model_len`` is refused by vLLM
-  (an error naming the length), never silently cut; keep documents within it, or shorten them yourself.
+- ``api="pixie"``: ``pixie-rerank serve`` or its Ray Serve deployment (``pixie_integrations.ray``); the server applies
+  the template. Any family.
+- ``api="vllm"``: ``vllm serve <model> --runner pooling``, its ``/score`` (default) or ``/v1/rerank``. vLLM does not
+  know PIXIE's prompt template, so for PIXIE and Qwen3-Reranker this client writes text A and text B itself with
+  :func:`~pixie_integrations.template.format_query` / :func:`~pixie_integrations.template.format_document`; vLLM
+  concatenates and scores them: the same tokens, so the same numbers, as the local scorer. It never asks vLLM to
+  truncate (vLLM cuts from the end, which is the template's suffix); give ``max_length`` (and the ``tokenizer``) to
+  cut long documents here instead, inside text B, as the local scorer does. Encoder cross-encoders
+  (``family="encoder"``) are sent as plain (query, document) pairs, which vLLM tokenizes as a pair.
+- ``api="tei"``: Hugging Face text-embeddings-inference ``/rerank``, for encoder cross-encoders (bge-reranker family).
+- ``api="infinity"``: Infinity ``/rerank``, for encoder cross-encoders.
 
-Either way the results are what ``PixieScorer`` returns: Python floats in input order, ``RankResult`` from ``rank``.
+PIXIE-style template models are refused on TEI and Infinity (a ``ValueError`` when the scorer is built): TEI does not
+serve Qwen3 sequence classifiers on ``/rerank`` and truncates from the end of the pair, and Infinity strips leading and
+trailing whitespace from every document, which deletes the newlines that end the template's suffix: either way the
+score would be read from other tokens than the model card's.
+
+Long calls are split into requests of at most ``max_documents_per_request`` documents, sent ``max_concurrency`` at a
+time; 429 and 503 answers and connection failures are retried with exponential backoff (honouring ``Retry-After``).
+``score`` / ``score_pairs`` / ``rank`` block; ``ascore`` / ``ascore_pairs`` / ``arank`` are native asyncio (one
+``httpx.AsyncClient``). Either way the results are what ``PixieScorer`` returns: Python floats in input order,
+``RankResult`` from ``rank``.
 """
 
 from __future__ import annotations
 
+import asyncio
+import email.utils
 import logging
 import math
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 import httpx
+from tenacity import AsyncRetrying, Retrying, retry_if_exception, stop_after_attempt, wait_exponential, wait_random
 
 from .. import __version__
+from ..families import ModelFamily
 from ..ranking import RankResult, check_top_n, rank_by_score
 from ..template import DEFAULT_INSTRUCTION, format_document, format_query
 from ..validation import check_documents, check_pairs, check_query
+from .engines import DocumentCutter, engine_family
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -37,36 +57,75 @@ __all__ = ["RemoteScorer", "RemoteScorerError"]
 
 logger = logging.getLogger(__name__)
 
-Api = Literal["pixie", "vllm"]
-_APIS = ("pixie", "vllm")
+Api = Literal["pixie", "vllm", "tei", "infinity"]
+_APIS = ("pixie", "vllm", "tei", "infinity")
+_VLLM_ROUTES = ("score", "rerank")
+
+# Documents per request unless told otherwise: TEI's default --max-client-batch-size is 32; Infinity accepts 2048.
+_DEFAULT_DOCUMENT_CAP = {"pixie": 128, "vllm": 128, "tei": 32, "infinity": 256}
+_RETRY_STATUSES = frozenset({429, 503})
+# A server's Retry-After is honoured up to this many seconds; past it the call fails rather than hang.
+_MAX_RETRY_AFTER_S = 60.0
 
 
 class RemoteScorerError(RuntimeError):
     """A scoring server could not be reached or refused a request; ``url`` and ``status_code`` say which and how."""
 
-    def __init__(self, message: str, *, url: str, status_code: int | None = None) -> None:
+    def __init__(
+        self, message: str, *, url: str, status_code: int | None = None, retry_after: float | None = None
+    ) -> None:
         super().__init__(message)
         self.url = url
         """The URL that was requested."""
         self.status_code = status_code
         """The HTTP status the server answered with; ``None`` when no answer came."""
+        self.retry_after = retry_after
+        """Seconds the server asked to wait before retrying (its ``Retry-After``), if it said."""
+        self.retryable = status_code in _RETRY_STATUSES
+        """Whether a later try may succeed (overload, unavailability, a failed connection)."""
+
+
+@dataclass(frozen=True)
+class _Call:
+    """One HTTP request of a scoring call: what to post, and where its scores go in the call's output."""
+
+    path: str
+    payload: dict[str, Any]
+    positions: list[int]
+    parse: Callable[[Any, str], list[float]]
+    """The request's scores from the answer, in the order of ``positions``."""
 
 
 class RemoteScorer:
     """Scores (query, document) pairs on a server, with the same calls and results as ``PixieScorer``.
 
-    Thread-safe (one pooled ``httpx.Client``); use it as a context manager or call :meth:`close` to release the
-    connections. Copies and pickles open their own connections.
+    Thread-safe (one pooled ``httpx.Client``; the async methods share one ``httpx.AsyncClient`` per event loop). Use
+    it as a (async) context manager or call :meth:`close` / :meth:`aclose` to release the connections. Copies and
+    pickles open their own connections.
 
     Args:
         base_url: The server's root, e.g. ``"http://127.0.0.1:8000"`` (no ``/v1``).
-        api: ``"pixie"`` for ``pixie-rerank serve``; ``"vllm"`` for a vLLM server running a PIXIE-template reranker
-            (PIXIE itself, or a seq-cls conversion of Qwen3-Reranker), whose prompt this client formats.
-        model: The served model's name. ``None``: asked from the server's ``/v1/models`` the first time
-            :attr:`model_name` is read (adapters read it when they are built, so give it to build them while the
-            server is down).
-        instruction: The task instruction used when a call gives none; it is always sent, so the server's own
-            default never applies.
+        api: ``"pixie"`` (``pixie-rerank serve``, Ray Serve), ``"vllm"``, ``"tei"`` or ``"infinity"``.
+        model: The served model's name. ``None``: asked from the server (``/v1/models``; TEI's ``/info``) the first
+            time :attr:`model_name` is read (adapters read it when they are built, so give it to build them while
+            the server is down).
+        instruction: The task instruction used when a call gives none; it is always sent (or applied here), so the
+            server's own default never applies. Encoder cross-encoders take none.
+        family: What the served model is (a :class:`~pixie_integrations.ModelFamily` or its value). ``None``: a
+            template model (PIXIE, Qwen3-Reranker) for ``"vllm"``, an encoder cross-encoder for ``"tei"`` and
+            ``"infinity"``; the pixie server knows its own. A template family on TEI or Infinity is refused.
+        tokenizer: Hub id or folder of the served model's tokenizer, for ``max_length`` with ``api="vllm"``
+            (default: ``model``). Only the tokenizer is loaded (needs ``transformers``).
+        max_length: Most tokens of one whole input, template included (``api="vllm"``, template models): longer
+            documents are cut here, inside text B, so the suffix survives, as the local scorer cuts them. ``None``:
+            documents are sent whole, and vLLM refuses inputs above its ``max_model_len``.
+        vllm_route: ``"score"`` (``/score``, text_1/text_2) or ``"rerank"`` (``/v1/rerank``) with ``api="vllm"``.
+        max_documents_per_request: Most documents in one request; longer calls are split. ``None``: 128 (TEI: 32,
+            its default ``--max-client-batch-size``; Infinity: 256).
+        max_concurrency: Requests of one call in flight at once.
+        retries: Further tries after a 429, a 503 or a failed connection, with exponential backoff (a server's
+            ``Retry-After`` is honoured up to 60 s). ``0``: none.
+        backoff: Seconds before the first retry; each further one waits about twice as long (with jitter).
         timeout: Seconds to wait for connecting and for each answer; ``None`` waits forever.
         headers: Extra HTTP headers, e.g. ``{"Authorization": "Bearer <key>"}`` for a server started with an API key.
     """
@@ -78,6 +137,14 @@ class RemoteScorer:
         api: Api = "pixie",
         model: str | None = None,
         instruction: str = DEFAULT_INSTRUCTION,
+        family: ModelFamily | str | None = None,
+        tokenizer: str | None = None,
+        max_length: int | None = None,
+        vllm_route: Literal["score", "rerank"] = "score",
+        max_documents_per_request: int | None = None,
+        max_concurrency: int = 4,
+        retries: int = 3,
+        backoff: float = 0.5,
         timeout: float | None = 60.0,
         headers: Mapping[str, str] | None = None,
     ) -> None:
@@ -89,25 +156,54 @@ class RemoteScorer:
             raise TypeError(f"model must be a str or None, not {type(model).__name__}")
         if not isinstance(instruction, str):
             raise TypeError(f"instruction must be a str, not {type(instruction).__name__}")
+        if vllm_route not in _VLLM_ROUTES:
+            raise ValueError(f"vllm_route must be one of {_VLLM_ROUTES}, got {vllm_route!r}")
+        for name, value in (("max_documents_per_request", max_documents_per_request), ("max_length", max_length)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+                raise ValueError(f"{name} must be a positive int or None, got {value!r}")
+        if isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int) or max_concurrency <= 0:
+            raise ValueError(f"max_concurrency must be a positive int, got {max_concurrency!r}")
+        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+            raise ValueError(f"retries must be a non-negative int, got {retries!r}")
+        if backoff < 0:
+            raise ValueError(f"backoff must be >= 0, got {backoff}")
         if timeout is not None and timeout <= 0:
             raise ValueError(f"timeout must be positive or None, got {timeout}")
         self.base_url = base_url.rstrip("/")
         self.api: Api = api
         self.instruction = instruction
+        self.family = engine_family(api, family, model)
+        self._family_given = family is not None
+        self._family_arg = None if family is None else self.family.value
+        if max_length is not None and (api != "vllm" or not self.family.uses_template):
+            raise ValueError(
+                "max_length cuts documents on the client for template models on vLLM (api='vllm'); the pixie server "
+                "cuts them itself (its max_length), TEI and Infinity cut encoder inputs themselves"
+            )
+        if tokenizer is not None and max_length is None:
+            raise ValueError("tokenizer= is only used to cut documents to max_length: give max_length too")
+        self.max_length = max_length
+        self.vllm_route: Literal["score", "rerank"] = vllm_route
+        self.max_documents_per_request = max_documents_per_request or _DEFAULT_DOCUMENT_CAP[api]
+        self.max_concurrency = max_concurrency
+        self.retries = retries
+        self.backoff = backoff
         self.timeout = timeout
+        self._tokenizer_name = tokenizer
+        self._cutter: DocumentCutter | None = None
         self._headers = dict(headers or {})
         self._model = model
-        self._model_lock = threading.Lock()
-        self._client = httpx.Client(
-            timeout=timeout, headers={"User-Agent": f"pixie-integrations/{__version__}", **self._headers}
-        )
+        self._lock = threading.Lock()
+        all_headers = {"User-Agent": f"pixie-integrations/{__version__}", **self._headers}
+        self._client = httpx.Client(timeout=timeout, headers=all_headers)
+        self._async_clients: dict[int, tuple[asyncio.AbstractEventLoop, httpx.AsyncClient]] = {}
 
     # -- what is served --------------------------------------------------------------------------------------------
     @property
     def model_name(self) -> str:
-        """The served model's name: ``model`` if given, else the first model the server's ``/v1/models`` lists."""
+        """The served model's name: ``model`` if given, else what the server reports."""
         if self._model is None:
-            with self._model_lock:
+            with self._lock:
                 if self._model is None:
                     self._model = self._discover_model()
         return self._model
@@ -130,13 +226,7 @@ class RemoteScorer:
         """
         check_query(query)
         docs = check_documents(documents)
-        if not docs:
-            return []
-        instr = self._instruction(instruction)
-        if self.api == "pixie":
-            return self._pixie_score(query, docs, instr, raw)
-        # One text A against many text Bs (vLLM's 1:N form): the prompt prefix is sent once.
-        return self._vllm_score(format_query(query, instr), [format_document(d) for d in docs], len(docs), raw)
+        return self._run(self._calls([query], docs, self._instruction(instruction), raw), len(docs))
 
     def score_pairs(
         self,
@@ -147,16 +237,9 @@ class RemoteScorer:
     ) -> list[float]:
         """Score (query, document) pairs whose queries differ. Same return as :meth:`score`, in pair order."""
         checked = check_pairs(pairs)
-        if not checked:
-            return []
-        instr = self._instruction(instruction)
         queries = [q for q, _ in checked]
         documents = [d for _, d in checked]
-        if self.api == "pixie":
-            return self._pixie_score(queries, documents, instr, raw)
-        return self._vllm_score(
-            [format_query(q, instr) for q in queries], [format_document(d) for d in documents], len(checked), raw
-        )
+        return self._run(self._calls(queries, documents, self._instruction(instruction), raw), len(checked))
 
     def rank(
         self,
@@ -172,10 +255,59 @@ class RemoteScorer:
         scores = self.score(query, documents, instruction=instruction, raw=raw)
         return rank_by_score(scores, documents, top_n)
 
+    async def ascore(
+        self, query: str, documents: Sequence[str], *, instruction: str | None = None, raw: bool = False
+    ) -> list[float]:
+        """:meth:`score` on asyncio: the requests are awaited, no thread is held."""
+        check_query(query)
+        docs = check_documents(documents)
+        return await self._arun(self._calls([query], docs, self._instruction(instruction), raw), len(docs))
+
+    async def ascore_pairs(
+        self,
+        pairs: Iterable[tuple[str, str] | Sequence[str]],
+        *,
+        instruction: str | None = None,
+        raw: bool = False,
+    ) -> list[float]:
+        """:meth:`score_pairs` on asyncio."""
+        checked = check_pairs(pairs)
+        queries = [q for q, _ in checked]
+        documents = [d for _, d in checked]
+        return await self._arun(self._calls(queries, documents, self._instruction(instruction), raw), len(checked))
+
+    async def arank(
+        self,
+        query: str,
+        documents: Sequence[str],
+        *,
+        top_n: int | None = None,
+        instruction: str | None = None,
+        raw: bool = False,
+    ) -> list[RankResult]:
+        """:meth:`rank` on asyncio."""
+        check_top_n(top_n)
+        scores = await self.ascore(query, documents, instruction=instruction, raw=raw)
+        return rank_by_score(scores, documents, top_n)
+
     # -- lifecycle -------------------------------------------------------------------------------------------------
     def close(self) -> None:
         """Close the pooled connections; this scorer cannot send requests afterwards (make a new one)."""
         self._client.close()
+        with self._lock:
+            clients, self._async_clients = list(self._async_clients.values()), {}
+        for loop, client in clients:
+            if not loop.is_closed() and not loop.is_running():
+                loop.run_until_complete(client.aclose())
+
+    async def aclose(self) -> None:
+        """Close the connections, the async ones from inside the running event loop."""
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            entry = self._async_clients.pop(id(loop), None)
+        if entry is not None:
+            await entry[1].aclose()
+        self.close()
 
     def __enter__(self) -> Self:
         return self
@@ -183,13 +315,27 @@ class RemoteScorer:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
     def __getstate__(self) -> dict[str, Any]:
-        # The settings, not the connection pool: a copy (deepcopy in a framework, a pickle to a worker) reconnects.
+        # The settings, not the connection pools: a copy (deepcopy in a framework, a pickle to a worker) reconnects.
         return {
             "base_url": self.base_url,
             "api": self.api,
             "model": self._model,
             "instruction": self.instruction,
+            "family": self._family_arg,
+            "tokenizer": self._tokenizer_name,
+            "max_length": self.max_length,
+            "vllm_route": self.vllm_route,
+            "max_documents_per_request": self.max_documents_per_request,
+            "max_concurrency": self.max_concurrency,
+            "retries": self.retries,
+            "backoff": self.backoff,
             "timeout": self.timeout,
             "headers": self._headers,
         }
@@ -198,7 +344,7 @@ class RemoteScorer:
         settings = dict(state)
         self.__init__(settings.pop("base_url"), **settings)  # type: ignore[misc]
 
-    # -- internals -------------------------------------------------------------------------------------------------
+    # -- the requests of one call ----------------------------------------------------------------------------------
     def _instruction(self, instruction: str | None) -> str:
         if instruction is None:
             return self.instruction
@@ -206,58 +352,206 @@ class RemoteScorer:
             raise TypeError(f"instruction must be a str or None, not {type(instruction).__name__}")
         return instruction
 
-    def _pixie_score(self, queries: str | list[str], documents: list[str], instruction: str, raw: bool) -> list[float]:
-        payload: dict[str, Any] = {"queries": queries, "documents": documents, "instruction": instruction, "raw": raw}
+    def _calls(self, queries: list[str], documents: list[str], instruction: str, raw: bool) -> list[_Call]:
+        """The requests scoring ``documents`` against ``queries`` (one query for all, or one per document)."""
+        if not documents:
+            return []
+        count = len(documents)
+
+        def query_of(i: int) -> str:
+            return queries[0] if len(queries) == 1 else queries[i]
+
+        cap = self.max_documents_per_request
+        if self.api == "pixie" or (self.api == "vllm" and self.vllm_route == "score"):
+            # Both take a list of queries (pairwise) or one query for all: split by position only.
+            groups = [list(range(start, min(start + cap, count))) for start in range(0, count, cap)]
+            return [self._pairwise_call([query_of(i) for i in g], g, documents, instruction, raw) for g in groups]
+        # One query per request (TEI, Infinity, vLLM's /v1/rerank): group the positions by query, then split.
+        by_query: dict[str, list[int]] = {}
+        for i in range(count):
+            by_query.setdefault(query_of(i), []).append(i)
+        calls = []
+        for query, members in by_query.items():
+            for start in range(0, len(members), cap):
+                group = members[start : start + cap]
+                calls.append(self._one_query_call(query, group, [documents[i] for i in group], instruction, raw))
+        return calls
+
+    def _pairwise_call(
+        self, queries: list[str], positions: list[int], documents: list[str], instruction: str, raw: bool
+    ) -> _Call:
+        texts = [documents[i] for i in positions]
+        one_query = len(set(queries)) == 1
+        payload: dict[str, Any]
+        if self.api == "pixie":
+            payload = {
+                "queries": queries[0] if one_query else queries,
+                "documents": texts,
+                "instruction": instruction,
+                "raw": raw,
+            }
+            if self._model is not None:
+                payload["model"] = self._model
+            return _Call("/score", payload, positions, _parse_pixie_scores(len(texts)))
+        # vLLM /score. No truncate_prompt_tokens, ever: vLLM would cut the end of the input, i.e. the template's suffix.
+        text_1: str | list[str]
+        if self.family.uses_template:
+            text_2 = self._documents_b(queries, texts, instruction)
+            text_1 = (
+                format_query(queries[0], instruction) if one_query else [format_query(q, instruction) for q in queries]
+            )
+        else:
+            text_2 = texts
+            text_1 = queries[0] if one_query else queries  # one text A for all documents (vLLM's 1:N form)
+        payload = {"text_1": text_1, "text_2": text_2}
         if self._model is not None:
             payload["model"] = self._model
-        body = self._request("POST", "/score", payload)
-        scores = body.get("scores") if isinstance(body, dict) else None
-        if not isinstance(scores, list) or len(scores) != len(documents):
-            raise self._unexpected("/score", f"expected 'scores' with {len(documents)} numbers")
-        return [_as_float(s, "/score", self) for s in scores]
+        return _Call("/score", payload, positions, _parse_vllm_score(len(texts), raw))
 
-    def _vllm_score(self, text_1: str | list[str], text_2: list[str], count: int, raw: bool) -> list[float]:
-        # No truncate_prompt_tokens, ever: vLLM would cut the end of the input, i.e. the template's suffix.
-        payload: dict[str, Any] = {"text_1": text_1, "text_2": text_2}
+    def _one_query_call(self, query: str, positions: list[int], texts: list[str], instruction: str, raw: bool) -> _Call:
+        if self.api == "tei":
+            # Scores come back best first; "truncate" cuts the longer sequence (the document) from the right to
+            # TEI's max input length, as the local scorer cuts an encoder's document.
+            payload: dict[str, Any] = {"query": query, "texts": texts, "raw_scores": raw, "truncate": True}
+            return _Call("/rerank", payload, positions, _parse_tei(len(texts)))
+        if self.api == "infinity":
+            payload = {"query": query, "documents": texts, "raw_scores": raw, "return_documents": False}
+            if self._model is not None:
+                payload["model"] = self._model
+            return _Call("/rerank", payload, positions, _parse_cohere_results(len(texts), "relevance_score"))
+        # vLLM /v1/rerank: the same scoring as /score (query = text A, each document = a text B).
+        if self.family.uses_template:
+            payload = {
+                "query": format_query(query, instruction),
+                "documents": self._documents_b([query] * len(texts), texts, instruction),
+                "top_n": len(texts),
+            }
+        else:
+            payload = {"query": query, "documents": texts, "top_n": len(texts)}
         if self._model is not None:
             payload["model"] = self._model
-        body = self._request("POST", "/score", payload)
-        data = body.get("data") if isinstance(body, dict) else None
-        if not isinstance(data, list) or len(data) != count:
-            raise self._unexpected("/score", f"expected 'data' with {count} items")
-        by_index: dict[int, float] = {}
-        for item in data:
-            index = item.get("index") if isinstance(item, dict) else None
-            if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < count or index in by_index:
-                raise self._unexpected("/score", "each 'data' item needs a distinct 'index' within range")
-            by_index[index] = _as_float(item.get("score"), "/score", self)
-        # vLLM answers in input order today; placing by "index" does not depend on it.
-        probabilities = [by_index[i] for i in range(count)]
-        return [_logit(p) for p in probabilities] if raw else probabilities
+        parse = _parse_cohere_results(len(texts), "relevance_score")
+        if raw:
+            return _Call("/v1/rerank", payload, positions, lambda body, url: [_logit(p) for p in parse(body, url)])
+        return _Call("/v1/rerank", payload, positions, parse)
 
-    def _discover_model(self) -> str:
-        body = self._request("GET", "/v1/models", None)
-        data = body.get("data") if isinstance(body, dict) else None
-        if not isinstance(data, list) or not data or not isinstance(data[0], dict) or not data[0].get("id"):
-            raise self._unexpected("/v1/models", "expected {'data': [{'id': ...}]}; pass model= to RemoteScorer")
-        if len(data) > 1:
-            logger.warning("%s serves several models; using %r (pass model= to choose)", self.base_url, data[0]["id"])
-        return str(data[0]["id"])
+    def _documents_b(self, queries: list[str], texts: list[str], instruction: str) -> list[str]:
+        """Text B of each pair, the document cut to ``max_length`` (template included) when one is set."""
+        if self.max_length is None:
+            return [format_document(d) for d in texts]
+        cutter = self._cutter
+        if cutter is None:
+            name = self._tokenizer_name or self.model_name  # outside the lock: model_name may take it
+            with self._lock:
+                if self._cutter is None:
+                    self._cutter = DocumentCutter(name, self.max_length)
+                cutter = self._cutter
+        cut, truncated = cutter.cut(queries, texts, instruction)
+        if truncated:
+            logger.warning(
+                "%d of %d documents were longer than max_length=%d tokens with the template; their ends were cut.",
+                truncated,
+                len(texts),
+                self.max_length,
+            )
+        return [format_document(d) for d in cut]
+
+    # -- sending ---------------------------------------------------------------------------------------------------
+    def _run(self, calls: list[_Call], count: int) -> list[float]:
+        if not calls:
+            return []
+        if len(calls) == 1 or self.max_concurrency == 1:
+            answers = [self._post_call(c) for c in calls]
+        else:
+            with ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(calls))) as pool:
+                answers = list(pool.map(self._post_call, calls))
+        return _place(calls, answers, count)
+
+    async def _arun(self, calls: list[_Call], count: int) -> list[float]:
+        if not calls:
+            return []
+        limit = asyncio.Semaphore(self.max_concurrency)
+
+        async def one(call: _Call) -> list[float]:
+            async with limit:
+                return await self._apost_call(call)
+
+        answers = await asyncio.gather(*(one(c) for c in calls))
+        return _place(calls, list(answers), count)
+
+    def _post_call(self, call: _Call) -> list[float]:
+        return call.parse(self._request("POST", call.path, call.payload), self.base_url + call.path)
+
+    async def _apost_call(self, call: _Call) -> list[float]:
+        body = await self._arequest("POST", call.path, call.payload)
+        return call.parse(body, self.base_url + call.path)
 
     def _request(self, method: str, path: str, payload: dict[str, Any] | None) -> Any:
+        """One request with retries; the decoded JSON answer."""
+        retrying = Retrying(**self._retry_policy())
+        return retrying(self._send_once, method, path, payload)
+
+    async def _arequest(self, method: str, path: str, payload: dict[str, Any] | None) -> Any:
+        retrying = AsyncRetrying(**self._retry_policy())
+        return await retrying(self._asend_once, method, path, payload)
+
+    def _retry_policy(self) -> dict[str, Any]:
+        return {
+            "stop": stop_after_attempt(self.retries + 1),
+            "wait": _WaitRetryAfter(self.backoff),
+            "retry": retry_if_exception(lambda exc: isinstance(exc, RemoteScorerError) and exc.retryable),
+            "before_sleep": _log_retry,
+            "reraise": True,
+        }
+
+    def _send_once(self, method: str, path: str, payload: dict[str, Any] | None) -> Any:
         url = self.base_url + path
         try:
             response = self._client.request(method, url, json=payload)
-        except httpx.ConnectError as exc:
-            raise RemoteScorerError(
-                f"The scoring server is not reachable at {url} ({exc}). Is it running, and is base_url right?", url=url
-            ) from exc
-        except httpx.TimeoutException as exc:
-            raise RemoteScorerError(
-                f"The scoring server at {url} did not answer within {self.timeout} s ({type(exc).__name__}).", url=url
-            ) from exc
         except httpx.HTTPError as exc:
-            raise RemoteScorerError(f"The request to {url} failed: {exc}", url=url) from exc
+            raise self._transport_error(url, exc) from exc
+        return self._decode(url, response)
+
+    async def _asend_once(self, method: str, path: str, payload: dict[str, Any] | None) -> Any:
+        url = self.base_url + path
+        try:
+            response = await self._async_client().request(method, url, json=payload)
+        except httpx.HTTPError as exc:
+            raise self._transport_error(url, exc) from exc
+        return self._decode(url, response)
+
+    def _async_client(self) -> httpx.AsyncClient:
+        # An AsyncClient's pool belongs to the event loop it first ran on: one client per loop.
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            entry = self._async_clients.get(id(loop))
+            if entry is None or entry[0] is not loop:
+                headers = {"User-Agent": f"pixie-integrations/{__version__}", **self._headers}
+                entry = (loop, httpx.AsyncClient(timeout=self.timeout, headers=headers))
+                self._async_clients = {
+                    key: value for key, value in self._async_clients.items() if not value[0].is_closed()
+                }
+                self._async_clients[id(loop)] = entry
+            return entry[1]
+
+    def _transport_error(self, url: str, exc: httpx.HTTPError) -> RemoteScorerError:
+        if isinstance(exc, httpx.ConnectError):
+            error = RemoteScorerError(
+                f"The scoring server is not reachable at {url} ({exc}). Is it running, and is base_url right?", url=url
+            )
+            error.retryable = True
+            return error
+        if isinstance(exc, httpx.TimeoutException):
+            error = RemoteScorerError(
+                f"The scoring server at {url} did not answer within {self.timeout} s ({type(exc).__name__}).", url=url
+            )
+            error.retryable = isinstance(exc, httpx.ConnectTimeout)  # a slow answer is not retried: it would pile up
+            return error
+        error = RemoteScorerError(f"The request to {url} failed: {exc}", url=url)
+        error.retryable = isinstance(exc, (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError))
+        return error
+
+    def _decode(self, url: str, response: httpx.Response) -> Any:
         if response.status_code >= 400:
             hint = ""
             if response.status_code == 404 and self.base_url.endswith("/v1"):
@@ -266,6 +560,7 @@ class RemoteScorer:
                 f"{url} answered HTTP {response.status_code}: {_error_detail(response)}{hint}",
                 url=url,
                 status_code=response.status_code,
+                retry_after=_retry_after(response),
             )
         try:
             return response.json()
@@ -274,14 +569,90 @@ class RemoteScorer:
                 f"{url} answered with something that is not JSON", url=url, status_code=response.status_code
             ) from exc
 
-    def _unexpected(self, path: str, what: str) -> RemoteScorerError:
-        url = self.base_url + path
-        return RemoteScorerError(f"Unexpected answer from {url} (is api={self.api!r} right?): {what}", url=url)
+    def _discover_model(self) -> str:
+        if self.api == "tei":
+            body = self._request("GET", "/info", None)
+            if not isinstance(body, dict) or not body.get("model_id"):
+                raise _unexpected(self.base_url + "/info", "expected {'model_id': ...}; pass model= to RemoteScorer")
+            if not self._family_given:
+                engine_family(self.api, None, str(body["model_id"]))
+            return str(body["model_id"])
+        body = self._request("GET", "/v1/models" if self.api != "infinity" else "/models", None)
+        data = body.get("data") if isinstance(body, dict) else None
+        if not isinstance(data, list) or not data or not isinstance(data[0], dict) or not data[0].get("id"):
+            raise _unexpected(
+                self.base_url + "/v1/models", "expected {'data': [{'id': ...}]}; pass model= to RemoteScorer"
+            )
+        if len(data) > 1:
+            logger.warning("%s serves several models; using %r (pass model= to choose)", self.base_url, data[0]["id"])
+        name = str(data[0]["id"])
+        if not self._family_given:
+            engine_family(self.api, None, name)  # an Infinity serving a template model is refused here
+        return name
 
 
-# -- helpers -------------------------------------------------------------------------------------------------------
+# -- answers ---------------------------------------------------------------------------------------------------------
+def _place(calls: list[_Call], answers: list[list[float]], count: int) -> list[float]:
+    scores = [0.0] * count
+    for call, answer in zip(calls, answers):
+        for position, score in zip(call.positions, answer):
+            scores[position] = score
+    return scores
+
+
+def _parse_pixie_scores(count: int) -> Callable[[Any, str], list[float]]:
+    def parse(body: Any, url: str) -> list[float]:
+        scores = body.get("scores") if isinstance(body, dict) else None
+        if not isinstance(scores, list) or len(scores) != count:
+            raise _unexpected(url, f"expected 'scores' with {count} numbers")
+        return [_as_float(s, url) for s in scores]
+
+    return parse
+
+
+def _by_index(items: Any, count: int, url: str, key: str) -> list[float]:
+    if not isinstance(items, list) or len(items) != count:
+        raise _unexpected(url, f"expected {count} results")
+    by_index: dict[int, float] = {}
+    for item in items:
+        index = item.get("index") if isinstance(item, dict) else None
+        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < count or index in by_index:
+            raise _unexpected(url, "each result needs a distinct 'index' within range")
+        by_index[index] = _as_float(item.get(key), url)
+    # Servers answer best first (TEI, rerank routes) or in input order (vLLM /score): placed by "index" either way.
+    return [by_index[i] for i in range(count)]
+
+
+def _parse_vllm_score(count: int, raw: bool) -> Callable[[Any, str], list[float]]:
+    def parse(body: Any, url: str) -> list[float]:
+        probabilities = _by_index(body.get("data") if isinstance(body, dict) else None, count, url, "score")
+        return [_logit(p) for p in probabilities] if raw else probabilities
+
+    return parse
+
+
+def _parse_tei(count: int) -> Callable[[Any, str], list[float]]:
+    def parse(body: Any, url: str) -> list[float]:
+        return _by_index(body, count, url, "score")
+
+    return parse
+
+
+def _parse_cohere_results(count: int, key: str) -> Callable[[Any, str], list[float]]:
+    def parse(body: Any, url: str) -> list[float]:
+        # Cohere's shape ("results"); Infinity before 0.0.60 named it "data".
+        items = body.get("results", body.get("data")) if isinstance(body, dict) else None
+        return _by_index(items, count, url, key)
+
+    return parse
+
+
+def _unexpected(url: str, what: str) -> RemoteScorerError:
+    return RemoteScorerError(f"Unexpected answer from {url} (is api= right?): {what}", url=url)
+
+
 def _error_detail(response: httpx.Response) -> str:
-    """The server's own words: our {"detail"}, vLLM's {"error": {"message"}} or {"message"}, else the text."""
+    """The server's own words: {"detail"}, OpenAI/vLLM's {"error": {"message"}}, TEI's {"error": str}, or the text."""
     try:
         body = response.json()
     except ValueError:
@@ -290,15 +661,53 @@ def _error_detail(response: httpx.Response) -> str:
         error = body.get("error")
         if isinstance(error, dict) and error.get("message"):
             return str(error["message"])
+        if isinstance(error, str) and error:
+            return error
         for key in ("detail", "message"):
             if body.get(key):
                 return str(body[key])
     return str(body)[:500]
 
 
-def _as_float(value: Any, path: str, scorer: RemoteScorer) -> float:
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+class _WaitRetryAfter:
+    """tenacity wait: the server's ``Retry-After`` when it gave one (up to 60 s), else exponential with jitter."""
+
+    def __init__(self, backoff: float) -> None:
+        self.exponential = wait_exponential(multiplier=backoff, max=30.0) + wait_random(0, backoff)
+
+    def __call__(self, retry_state: Any) -> float:
+        outcome = retry_state.outcome
+        exc = outcome.exception() if outcome is not None else None
+        after = getattr(exc, "retry_after", None)
+        if after is not None:
+            return min(after, _MAX_RETRY_AFTER_S)
+        return float(self.exponential(retry_state))
+
+
+def _log_retry(retry_state: Any) -> None:
+    exc = retry_state.outcome.exception() if retry_state.outcome is not None else None
+    wait = retry_state.next_action.sleep if retry_state.next_action is not None else 0.0
+    logger.warning("%s; retrying in %.2f s (try %d).", exc, wait, retry_state.attempt_number + 1)
+
+
+def _as_float(value: Any, url: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise scorer._unexpected(path, f"a score is {value!r}, not a number")
+        raise _unexpected(url, f"a score is {value!r}, not a number")
     return float(value)
 
 
