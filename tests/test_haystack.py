@@ -764,12 +764,13 @@ class _VllmStandIn:
     """vLLM's ``POST /score`` for a seq-cls reranker: it scores (text_1, text_2) as given, nothing added."""
 
     def __init__(self, model_path: Path) -> None:
-        from sentence_transformers import CrossEncoder
         from starlette.applications import Starlette
         from starlette.responses import JSONResponse
         from starlette.routing import Route
 
-        self.model = CrossEncoder(str(model_path), device="cpu")
+        from pixie_integrations.benchmark import CardReference
+
+        self.model = CardReference(model_path)  # the card's CrossEncoder path, robust to a chat template
         self.requests: list[dict[str, Any]] = []
 
         async def score(request: Any) -> JSONResponse:
@@ -777,7 +778,7 @@ class _VllmStandIn:
             self.requests.append(body)
             text_1 = [body["text_1"]] if isinstance(body["text_1"], str) else body["text_1"]
             pairs = [[text_1[0] if len(text_1) == 1 else text_1[i], t2] for i, t2 in enumerate(body["text_2"])]
-            scores = self.model.predict(pairs, batch_size=32, show_progress_bar=False)
+            scores = self.model.predict(pairs)
             data = [{"index": i, "object": "score", "score": float(s)} for i, s in enumerate(scores)]
             return JSONResponse({"id": "score-1", "object": "list", "model": body.get("model"), "data": data})
 
