@@ -12,7 +12,7 @@ Run it:
     python examples/serving_rerank.py --url http://127.0.0.1:8001 --api vllm
 
 Without --url it starts the server in this process, on a free loopback port in a background thread, queries it
-once with plain HTTP and once with RemoteScorer, compares with the in-process scorer, and stops the server.
+with plain HTTP, the cohere SDK (if installed) and RemoteScorer, compares with the in-process scorer, and stops the server.
 """
 
 from __future__ import annotations
@@ -78,7 +78,21 @@ def query_remote(url: str, api: str, top_n: int) -> list[float]:
         for hit in response.json()["results"]:
             print(f"  {hit['relevance_score']:.4f}  [{hit['index']}] {hit['document']['text'][:70]}")
 
-    # 2. RemoteScorer: PixieScorer's calls over HTTP; pass it as scorer= to the LangChain or LlamaIndex PixieRerank.
+    # 2. The cohere SDK, as a Cohere user's code would call it (the server also speaks /v2/rerank).
+    if api == "pixie":
+        try:
+            import cohere
+        except ImportError:
+            print("\n(pip install cohere to see the cohere SDK call the same server)")
+        else:
+            models = httpx.get(f"{url}/v1/models", timeout=30).json()["data"]
+            client = cohere.ClientV2(api_key="unused-without-an-api-key", base_url=url)
+            response = client.rerank(model=models[0]["id"], query=QUERY, documents=DOCUMENTS, top_n=top_n)
+            print(f"\n== cohere.ClientV2.rerank (top {top_n}, {response.meta.tokens.input_tokens} tokens)")
+            for result in response.results:
+                print(f"  {result.relevance_score:.4f}  [{result.index}] {DOCUMENTS[result.index][:70]}")
+
+    # 3. RemoteScorer: PixieScorer's calls over HTTP; pass it as scorer= to the LangChain or LlamaIndex PixieRerank.
     with RemoteScorer(url, api=api) as scorer:  # api="vllm": the client applies PIXIE's template itself
         print(f"\n== RemoteScorer.rank against {scorer.model_name} ({api} API)")
         for hit in scorer.rank(QUERY, DOCUMENTS, top_n=top_n):

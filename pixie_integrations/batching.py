@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-__all__ = ["plan_batches"]
+if TYPE_CHECKING:
+    from .encoding import EncodedPair
+
+__all__ = ["plan_batches", "plan_pair_batches"]
+
+# A query with at least this many pairs in one plan runs its prompt prefix once, through the KV cache.
+MIN_SHARED_PREFIX = 2
 
 
 def plan_batches(lengths: Sequence[int], token_budget: int, max_batch_size: int | None = None) -> list[list[int]]:
@@ -33,3 +40,28 @@ def plan_batches(lengths: Sequence[int], token_budget: int, max_batch_size: int 
     if current:
         batches.append(current)
     return batches
+
+
+def plan_pair_batches(
+    encoded: Sequence[EncodedPair], token_budget: int, max_batch_size: int | None, *, reuse_prefix: bool
+) -> list[tuple[list[int], bool]]:
+    """Batches of indices into ``encoded``, each flagged whether its pairs share one prefix (run once, via its cache).
+
+    With ``reuse_prefix``, the pairs of each query that has several form batches of their own, and only their
+    documents' tokens count against the budget; the batches of one query follow each other.
+    """
+    groups: dict[tuple[int, ...], list[int]] = {}
+    if reuse_prefix:
+        for i, pair in enumerate(encoded):
+            groups.setdefault(pair.prefix, []).append(i)
+    shared = [members for members in groups.values() if len(members) >= MIN_SHARED_PREFIX]
+    in_shared = {i for members in shared for i in members}
+    plain = [i for i in range(len(encoded)) if i not in in_shared]
+    plan: list[tuple[list[int], bool]] = []
+    for members in shared:
+        lengths = [len(encoded[i].rest) for i in members]
+        plan += [([members[j] for j in batch], True) for batch in plan_batches(lengths, token_budget, max_batch_size)]
+    if plain:
+        lengths = [len(encoded[i]) for i in plain]
+        plan += [([plain[j] for j in batch], False) for batch in plan_batches(lengths, token_budget, max_batch_size)]
+    return plan

@@ -69,20 +69,31 @@ class PairEncoder:
             return self._tokenizer(texts, add_special_tokens=False)["input_ids"]
 
     def encode(
-        self, pairs: list[tuple[str, str]], instruction: str, *, max_doc_tokens: int | None = None
+        self,
+        pairs: list[tuple[str, str]],
+        instruction: str,
+        *,
+        max_doc_tokens: int | None = None,
+        max_length: int | None = None,
     ) -> tuple[list[EncodedPair], int]:
         """Encode pairs; returns the encodings (in order) and how many documents were cut to fit ``max_length``.
 
         ``max_doc_tokens`` cuts each document to at most that many tokens first (the template is never cut); a
-        document cut only by it is what the caller asked for and is not counted.
+        document cut only by it is what the caller asked for and is not counted. ``max_length`` lowers the
+        encoder's limit for this call only (documents cut by it are counted).
         """
         check_max_doc_tokens(max_doc_tokens)
+        if max_length is None:
+            max_length = self.max_length
+        elif isinstance(max_length, bool) or not isinstance(max_length, int) or max_length <= 0:
+            raise ValueError(f"max_length must be a positive int or None, got {max_length!r}")
+        max_length = min(max_length, self.max_length)
         if self._loaded.family.uses_template:
-            return self._encode_template(pairs, instruction, max_doc_tokens)
-        return self._encode_plain(pairs, max_doc_tokens)
+            return self._encode_template(pairs, instruction, max_doc_tokens, max_length)
+        return self._encode_plain(pairs, max_doc_tokens, max_length)
 
     def _encode_template(
-        self, pairs: list[tuple[str, str]], instruction: str, max_doc_tokens: int | None
+        self, pairs: list[tuple[str, str]], instruction: str, max_doc_tokens: int | None, max_length: int
     ) -> tuple[list[EncodedPair], int]:
         queries = list(dict.fromkeys(q for q, _ in pairs))
         prefixes = {
@@ -93,10 +104,10 @@ class PairEncoder:
         truncated = 0
         for (query, _), doc in zip(pairs, docs):
             prefix = prefixes[query]
-            room = self.max_length - len(prefix) - len(self._suffix)
+            room = max_length - len(prefix) - len(self._suffix)
             if room < self._head_len:
                 raise ValueError(
-                    f"max_length={self.max_length} cannot hold the template and the query: the instruction and query "
+                    f"max_length={max_length} cannot hold the template and the query: the instruction and query "
                     f"take {len(prefix)} tokens, the suffix {len(self._suffix)} and the document marker "
                     f"{self._head_len}, so at least {len(prefix) + len(self._suffix) + self._head_len} are needed."
                 )
@@ -109,7 +120,9 @@ class PairEncoder:
             encoded.append(EncodedPair(prefix=prefix, rest=tuple(doc) + self._suffix))
         return encoded, truncated
 
-    def _encode_plain(self, pairs: list[tuple[str, str]], max_doc_tokens: int | None) -> tuple[list[EncodedPair], int]:
+    def _encode_plain(
+        self, pairs: list[tuple[str, str]], max_doc_tokens: int | None, max_length: int
+    ) -> tuple[list[EncodedPair], int]:
         queries = list(dict.fromkeys(q for q, _ in pairs))
         query_lengths = dict(zip(queries, map(len, self._ids(queries))))
         doc_lengths = list(map(len, self._ids([d for _, d in pairs])))
@@ -119,15 +132,15 @@ class PairEncoder:
         groups: dict[int, list[int]] = {}
         for i, ((query, _), doc_len) in enumerate(zip(pairs, doc_lengths)):
             fixed = query_lengths[query] + self._n_special
-            if fixed + 1 > self.max_length:
+            if fixed + 1 > max_length:
                 raise ValueError(
-                    f"max_length={self.max_length} cannot hold the query: it takes {query_lengths[query]} tokens and "
+                    f"max_length={max_length} cannot hold the query: it takes {query_lengths[query]} tokens and "
                     f"the special tokens {self._n_special}, so at least {fixed + 1} are needed."
                 )
             if max_doc_tokens is not None:
                 doc_len = min(doc_len, max_doc_tokens)
-            truncated += fixed + doc_len > self.max_length
-            limit = self.max_length if max_doc_tokens is None else min(self.max_length, fixed + max_doc_tokens)
+            truncated += fixed + doc_len > max_length
+            limit = max_length if max_doc_tokens is None else min(max_length, fixed + max_doc_tokens)
             groups.setdefault(limit, []).append(i)
         encoded: list[EncodedPair | None] = [None] * len(pairs)
         for limit, members in groups.items():

@@ -5,11 +5,11 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .batching import plan_batches
+from .batching import plan_pair_batches
 from .encoding import EncodedPair, PairEncoder, check_max_doc_tokens
 from .families import ModelFamily
 from .loading import LoadedModel, load_model
@@ -17,6 +17,9 @@ from .ranking import RankResult, check_top_n, rank_by_score
 from .runner import ModelRunner, PrefixState
 from .template import DEFAULT_INSTRUCTION
 from .validation import check_documents, check_pairs, check_query
+
+if TYPE_CHECKING:
+    from .engine import ScoringEngine
 
 __all__ = ["DEFAULT_MODEL", "PixieScorer", "RankResult"]
 
@@ -28,8 +31,6 @@ DEFAULT_MODEL = "telepix/PIXIE-Spell-Reranker-Preview-0.6B"
 _DEFAULT_TOKEN_BUDGET = {"cuda": 16384, "mps": 8192, "cpu": 1024}
 # Above this many pairs a progress bar is worth showing (when show_progress_bar is left to decide).
 _PROGRESS_MIN_PAIRS = 2000
-# A query with at least this many documents in one call runs its prompt prefix once, through the KV cache.
-_MIN_SHARED = 2
 
 
 class PixieScorer:
@@ -237,6 +238,76 @@ class PixieScorer:
         scores = self.score(query, documents, instruction=instruction, raw=raw, max_doc_tokens=max_doc_tokens)
         return rank_by_score(scores, documents, top_n)
 
+    # -- async, through the model's batching engine ------------------------------------------------------------------
+    @property
+    def engine(self) -> ScoringEngine:
+        """The batching engine of this scorer's model (one worker per loaded model, started on first use).
+
+        :meth:`ascore`, :meth:`ascore_pairs` and :meth:`arank` and the HTTP server run on it, so concurrent callers
+        share forward passes; the synchronous methods run in the caller's thread.
+        """
+        from .engine import get_engine
+
+        return get_engine(self)
+
+    async def ascore(
+        self,
+        query: str,
+        documents: Sequence[str],
+        *,
+        instruction: str | None = None,
+        raw: bool = False,
+        max_doc_tokens: int | None = None,
+    ) -> list[float]:
+        """:meth:`score` without holding a thread: awaits the model's batching engine, sharing its forward passes
+        with every other concurrent caller. Same arguments and scores; cancelling the task drops the pairs not yet
+        run."""
+        check_query(query)
+        docs = check_documents(documents)
+        self._check_instruction(instruction)
+        check_max_doc_tokens(max_doc_tokens)
+        result = await self.engine.ascore(
+            [(query, d) for d in docs], scorer=self, instruction=instruction, raw=raw, max_doc_tokens=max_doc_tokens
+        )
+        return result.scores
+
+    async def ascore_pairs(
+        self,
+        pairs: Iterable[tuple[str, str] | Sequence[str]],
+        *,
+        instruction: str | None = None,
+        raw: bool = False,
+        max_doc_tokens: int | None = None,
+    ) -> list[float]:
+        """:meth:`score_pairs` through the batching engine, as :meth:`ascore`."""
+        checked = check_pairs(pairs)
+        self._check_instruction(instruction)
+        check_max_doc_tokens(max_doc_tokens)
+        result = await self.engine.ascore(
+            checked, scorer=self, instruction=instruction, raw=raw, max_doc_tokens=max_doc_tokens
+        )
+        return result.scores
+
+    async def arank(
+        self,
+        query: str,
+        documents: Sequence[str],
+        *,
+        top_n: int | None = None,
+        instruction: str | None = None,
+        raw: bool = False,
+        max_doc_tokens: int | None = None,
+    ) -> list[RankResult]:
+        """:meth:`rank` through the batching engine, as :meth:`ascore`."""
+        check_top_n(top_n)
+        scores = await self.ascore(query, documents, instruction=instruction, raw=raw, max_doc_tokens=max_doc_tokens)
+        return rank_by_score(scores, documents, top_n)
+
+    @staticmethod
+    def _check_instruction(instruction: object) -> None:
+        if instruction is not None and not isinstance(instruction, str):
+            raise TypeError(f"instruction must be a str or None, not {type(instruction).__name__}")
+
     # -- internals -------------------------------------------------------------------------------------------------
     def _score(
         self,
@@ -296,32 +367,8 @@ class PixieScorer:
         return out
 
     def _plan(self, encoded: list[EncodedPair]) -> list[tuple[list[int], bool]]:
-        """Batches of indices, each flagged whether its pairs share one prefix (run once, through its KV cache).
-
-        Batches of one query follow each other, so a single prefix state is alive at a time.
-        """
-        groups: dict[tuple[int, ...], list[int]] = {}
-        if self.reuse_prefix:
-            for i, pair in enumerate(encoded):
-                groups.setdefault(pair.prefix, []).append(i)
-        shared = [members for members in groups.values() if len(members) >= _MIN_SHARED]
-        in_shared = {i for members in shared for i in members}
-        plain = [i for i in range(len(encoded)) if i not in in_shared]
-        plan: list[tuple[list[int], bool]] = []
-        for members in shared:
-            # The prefix is computed once per query, so only the documents' tokens count against the budget.
-            lengths = [len(encoded[i].rest) for i in members]
-            plan += [
-                ([members[j] for j in batch], True)
-                for batch in plan_batches(lengths, self.token_budget, self.batch_size)
-            ]
-        if plain:
-            lengths = [len(encoded[i]) for i in plain]
-            plan += [
-                ([plain[j] for j in batch], False)
-                for batch in plan_batches(lengths, self.token_budget, self.batch_size)
-            ]
-        return plan
+        """Batches of indices, each flagged whether its pairs share one prefix (run once, through its KV cache)."""
+        return plan_pair_batches(encoded, self.token_budget, self.batch_size, reuse_prefix=self.reuse_prefix)
 
     def _forward_splitting(self, batch: list[EncodedPair], state: PrefixState | None) -> torch.Tensor:
         """Forward one batch; on out-of-memory, halve it and retry so that no pair is lost."""

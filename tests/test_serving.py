@@ -33,7 +33,7 @@ from fastapi import FastAPI, Request
 from fastapi.testclient import TestClient
 
 from pixie_integrations import PixieScorer, RankResult, Scorer, format_document, format_query
-from pixie_integrations.serving import RemoteScorer, RemoteScorerError, create_app, serve_in_thread
+from pixie_integrations.serving import RemoteScorer, RemoteScorerError, ServerLimits, create_app, serve_in_thread
 from pixie_integrations.testing import SAMPLE_DOCUMENTS, SAMPLE_QUERIES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,6 +42,11 @@ DOCS = [*SAMPLE_DOCUMENTS, "", "짧은 문서"]
 INSTRUCTION = "Given a question about satellite services, retrieve passages that answer it"
 STAND_IN_MODEL = "stand-in/pixie-seq-cls"
 START_TIMEOUT_S = 20.0
+
+
+def served_name(scorer: PixieScorer) -> str:
+    """The name the server reports by default for a local folder: its base name, never the full path."""
+    return Path(scorer.model_name).name
 
 
 # -- running an app on loopback ------------------------------------------------------------------------------------
@@ -131,18 +136,26 @@ def remote_vllm(vllm_url: str) -> Iterator[RemoteScorer]:
 
 # -- the server --------------------------------------------------------------------------------------------------------
 def test_health_and_models(http: httpx.Client, tiny_scorer: PixieScorer) -> None:
-    assert http.get("/health").json() == {"status": "ok", "model": tiny_scorer.model_name}
+    assert http.get("/health").json() == {"status": "ok"}  # liveness discloses nothing
     models = http.get("/v1/models").json()
-    assert models["object"] == "list" and [m["id"] for m in models["data"]] == [tiny_scorer.model_name]
+    assert models["object"] == "list" and [m["id"] for m in models["data"]] == [served_name(tiny_scorer)]
+    assert tiny_scorer.model_name not in http.get("/v1/models").text  # the local path is never disclosed
 
 
-@pytest.mark.parametrize("path", ["/rerank", "/v1/rerank"])
+@pytest.mark.parametrize("path", ["/rerank", "/v1/rerank", "/v2/rerank"])
 def test_rerank_equals_the_local_scorer(http: httpx.Client, tiny_scorer: PixieScorer, path: str) -> None:
     response = http.post(path, json={"query": QUERY, "documents": DOCS})
     assert response.status_code == 200
     body = response.json()
     expected = tiny_scorer.rank(QUERY, DOCS)
-    assert body["model"] == tiny_scorer.model_name and body["usage"] == {"pairs": len(DOCS)}
+    assert body["model"] == served_name(tiny_scorer)
+    usage = body["usage"]
+    assert usage["pairs"] == len(DOCS) and usage["truncated_documents"] == 0
+    expected_tokens = sum(
+        len(p) for p in tiny_scorer._encoder.encode([(QUERY, d) for d in DOCS], tiny_scorer.instruction)[0]
+    )
+    assert usage["prompt_tokens"] == usage["total_tokens"] == expected_tokens
+    assert body["meta"]["tokens"]["input_tokens"] == expected_tokens
     assert [r["index"] for r in body["results"]] == [r.index for r in expected]
     got = [r["relevance_score"] for r in body["results"]]
     assert got == pytest.approx([r.score for r in expected], abs=1e-6)
@@ -173,21 +186,26 @@ def test_rerank_instruction_reaches_the_model(http: httpx.Client, tiny_scorer: P
 def test_empty_documents_give_empty_results(http: httpx.Client) -> None:
     response = http.post("/rerank", json={"query": QUERY, "documents": []})
     assert response.status_code == 200
-    assert response.json()["results"] == [] and response.json()["usage"] == {"pairs": 0}
+    assert response.json()["results"] == [] and response.json()["usage"]["pairs"] == 0
     assert http.post("/score", json={"queries": QUERY, "documents": []}).json()["scores"] == []
 
 
 @pytest.mark.parametrize(
     ("body", "mentions"),
     [
-        ({"query": QUERY, "documents": DOCS, "top_n": 0}, "top_n"),
         ({"query": QUERY, "documents": DOCS, "top_n": -2}, "top_n"),
         ({"query": QUERY, "documents": DOCS, "top_n": "3"}, "top_n"),
         ({"query": QUERY, "documents": DOCS, "top_n": True}, "top_n"),
         ({"query": QUERY, "documents": "one document"}, "documents"),
         ({"query": QUERY, "documents": ["ok", 7]}, "documents[1] must be a string"),
         ({"query": QUERY, "documents": [{"title": "no text"}]}, "documents[0]"),
-        ({"query": QUERY, "documents": [{"text": "a", "title": "b"}]}, "title"),
+        (
+            {"query": QUERY, "documents": [{"text": "a"}], "rank_fields": ["title"]},
+            "documents[0] has none of the rank_fields",
+        ),
+        ({"query": QUERY, "documents": [{"text": 3}]}, "documents[0] 'text' must be a string"),
+        ({"query": QUERY, "documents": DOCS, "max_tokens_per_doc": 0}, "max_tokens_per_doc"),
+        ({"query": QUERY, "documents": DOCS, "truncate_prompt_tokens": 0}, "truncate_prompt_tokens"),
         ({"documents": DOCS}, "query"),
         ({"query": 5, "documents": DOCS}, "query"),
         ({"query": QUERY, "documents": DOCS, "top_k": 3}, "top_k"),
@@ -199,25 +217,40 @@ def test_invalid_rerank_requests_are_422_with_a_message(http: httpx.Client, body
     assert response.status_code == 422
     detail = response.json()["detail"]
     assert isinstance(detail, str) and mentions in detail, detail
+    error = response.json()["error"]  # the OpenAI-style body vLLM and OpenAI clients parse
+    assert error["message"] == detail and error["type"] == "invalid_request_error" and error["code"] == 422
 
 
-def test_malformed_json_is_422(http: httpx.Client) -> None:
-    response = http.post("/rerank", content=b"{not json", headers={"content-type": "application/json"})
-    assert response.status_code == 422 and isinstance(response.json()["detail"], str)
+@pytest.mark.parametrize(
+    ("content", "mentions"),
+    [
+        (b"{not json", "not valid JSON"),
+        (b"", "not valid JSON"),
+        (b"\xff\xfe", "not valid JSON"),
+        (b'{"query": "q", "documents": ["\\ud800"]}', "not valid JSON"),  # a lone surrogate is not text
+        (b"[1, 2]", "body"),
+    ],
+)
+def test_malformed_bodies_get_a_clear_error(http: httpx.Client, content: bytes, mentions: str) -> None:
+    response = http.post("/rerank", content=content, headers={"content-type": "application/json"})
+    assert response.status_code in (400, 422)
+    body = response.json()
+    assert mentions in body["detail"] and body["error"]["message"] == body["detail"], body
 
 
 def test_a_request_for_another_model_is_404(http: httpx.Client, tiny_scorer: PixieScorer) -> None:
     response = http.post("/rerank", json={"model": "someone/else", "query": QUERY, "documents": DOCS})
     assert response.status_code == 404
-    assert "someone/else" in response.json()["detail"] and tiny_scorer.model_name in response.json()["detail"]
-    same = http.post("/rerank", json={"model": tiny_scorer.model_name, "query": QUERY, "documents": DOCS[:2]})
+    assert "someone/else" in response.json()["detail"] and served_name(tiny_scorer) in response.json()["detail"]
+    assert tiny_scorer.model_name not in response.text
+    same = http.post("/rerank", json={"model": served_name(tiny_scorer), "query": QUERY, "documents": DOCS[:2]})
     assert same.status_code == 200
 
 
 def test_score_one_query_pairwise_and_raw(http: httpx.Client, tiny_scorer: PixieScorer) -> None:
     one = http.post("/score", json={"queries": QUERY, "documents": DOCS}).json()
     assert one["scores"] == pytest.approx(tiny_scorer.score(QUERY, DOCS), abs=1e-6)
-    assert one["usage"] == {"pairs": len(DOCS)}
+    assert one["usage"]["pairs"] == len(DOCS)
     listed = http.post("/score", json={"queries": [QUERY], "documents": DOCS}).json()
     assert listed["scores"] == pytest.approx(one["scores"], abs=1e-6)
     queries = [SAMPLE_QUERIES[i % len(SAMPLE_QUERIES)] for i in range(len(DOCS))]
@@ -273,7 +306,7 @@ def test_concurrent_requests_equal_serial_ones(remote: RemoteScorer, tiny_scorer
 # -- RemoteScorer, api="pixie" -----------------------------------------------------------------------------------------
 def test_remote_scorer_equals_the_local_scorer(remote: RemoteScorer, tiny_scorer: PixieScorer) -> None:
     assert isinstance(remote, Scorer) and isinstance(tiny_scorer, Scorer)
-    assert remote.model_name == tiny_scorer.model_name  # asked from /v1/models
+    assert remote.model_name == served_name(tiny_scorer)  # asked from /v1/models
     scores = remote.score(QUERY, DOCS)
     assert scores == pytest.approx(tiny_scorer.score(QUERY, DOCS), abs=1e-6)
     assert all(type(s) is float for s in scores)
@@ -291,7 +324,7 @@ def test_remote_scorer_equals_the_local_scorer(remote: RemoteScorer, tiny_scorer
 
 
 def test_remote_scorer_instruction_default_is_sent(server_url: str, tiny_scorer: PixieScorer) -> None:
-    with RemoteScorer(server_url, instruction=INSTRUCTION, model=tiny_scorer.model_name) as scorer:
+    with RemoteScorer(server_url, instruction=INSTRUCTION, model=served_name(tiny_scorer)) as scorer:
         assert scorer.instruction == INSTRUCTION
         expected = tiny_scorer.score(QUERY, DOCS, instruction=INSTRUCTION)
         assert scorer.score(QUERY, DOCS) == pytest.approx(expected, abs=1e-6)
@@ -320,8 +353,8 @@ def test_server_errors_name_the_url_and_status(server_url: str) -> None:
         scorer.score(QUERY, DOCS)
     assert info.value.status_code == 404 and info.value.url == f"{server_url}/score"
     assert server_url in str(info.value)
-    with RemoteScorer(server_url + "/v1") as scorer, pytest.raises(RemoteScorerError, match="without /v1"):
-        scorer.score(QUERY, DOCS)
+    with RemoteScorer(server_url + "/v1") as scorer:  # the server answers /v1/score too
+        assert scorer.score(QUERY, DOCS[:2]) == pytest.approx(scorer.score(QUERY, DOCS[:2]), abs=1e-6)
 
 
 def test_connection_refused_says_the_server_is_not_reachable() -> None:
@@ -417,7 +450,7 @@ def test_langchain_compression_retriever_with_a_remote_scorer(remote: RemoteScor
         [d.metadata["relevance_score"] for d in local], abs=1e-6
     )
     reranker = PixieRerank(scorer=remote)
-    assert reranker.model == tiny_scorer.model_name  # the validator still reads the scorer's model_name
+    assert reranker.model == served_name(tiny_scorer)  # the validator still reads the scorer's model_name
     assert copy.deepcopy(reranker).scorer.base_url == remote.base_url  # type: ignore[union-attr]
     with pytest.raises(ValueError, match="does not match"):
         PixieRerank(scorer=remote, model="someone/else")
@@ -436,7 +469,7 @@ def test_llama_index_postprocessor_with_a_remote_scorer(remote: RemoteScorer, ti
 
     local = PixieRerank(scorer=tiny_scorer, top_n=3).postprocess_nodes(nodes(), query_str=QUERY)
     reranker = PixieRerank(scorer=remote, top_n=3)
-    assert reranker.model == tiny_scorer.model_name and reranker.scorer is remote
+    assert reranker.model == served_name(tiny_scorer) and reranker.scorer is remote
     served = reranker.postprocess_nodes(nodes(), query_str=QUERY)
     assert [n.node.node_id for n in served] == [n.node.node_id for n in local]
     assert [n.score for n in served] == pytest.approx([n.score for n in local], abs=1e-6)
@@ -503,6 +536,13 @@ def test_cli_serve_passes_its_settings(monkeypatch: pytest.MonkeyPatch, tiny_rer
         INSTRUCTION,
         "--api-key",
         "k",
+        "--served-model-name",
+        "pixie",
+        "rerank-v3.5",
+        "--max-documents",
+        "50",
+        "--request-timeout",
+        "2.5",
     ]
     assert main(argv) == 0
     ((args, kwargs),) = calls
@@ -510,8 +550,9 @@ def test_cli_serve_passes_its_settings(monkeypatch: pytest.MonkeyPatch, tiny_rer
     assert kwargs == {
         "host": "127.0.0.1",
         "port": 8123,
-        "served_model_name": None,
+        "served_model_name": ["pixie", "rerank-v3.5"],
         "api_key": "k",
+        "limits": ServerLimits(max_documents=50, request_timeout=2.5),
         "device": "cpu",
         "dtype": "float32",
         "max_length": 512,
@@ -519,6 +560,24 @@ def test_cli_serve_passes_its_settings(monkeypatch: pytest.MonkeyPatch, tiny_rer
     }
     with pytest.raises(SystemExit):
         main(["serve", "--port", "0"])
+    with pytest.raises(SystemExit):
+        main(["serve", "--max-body-bytes", "0"])
+
+
+def test_an_empty_api_key_is_an_error_not_no_auth(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tiny_scorer: PixieScorer
+) -> None:
+    from pixie_integrations import serving
+    from pixie_integrations.cli import main
+
+    monkeypatch.setattr(serving, "serve", lambda *a, **k: pytest.fail("must not start"))
+    assert main(["serve", "--api-key", ""]) == 2
+    assert "--api-key is empty" in capsys.readouterr().err
+    monkeypatch.setenv("PIXIE_API_KEY", "")
+    assert main(["serve"]) == 2
+    assert "PIXIE_API_KEY is empty" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="api_key is empty"):
+        create_app(tiny_scorer, api_key="  ")
 
 
 def test_serve_loads_the_model_and_runs_uvicorn(

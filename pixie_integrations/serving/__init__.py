@@ -26,14 +26,16 @@ if _MISSING:
 
 if TYPE_CHECKING:
     from .client import RemoteScorer, RemoteScorerError
+    from .limits import ServerLimits
     from .server import create_app, serve, serve_in_thread
 
-__all__ = ["RemoteScorer", "RemoteScorerError", "create_app", "serve", "serve_in_thread"]
+__all__ = ["RemoteScorer", "RemoteScorerError", "ServerLimits", "create_app", "serve", "serve_in_thread"]
 
 # Served lazily (PEP 562): importing the package (or only the client) does not import torch.
 _LAZY = {
     "RemoteScorer": ".client",
     "RemoteScorerError": ".client",
+    "ServerLimits": ".limits",
     "create_app": ".server",
     "serve": ".server",
     "serve_in_thread": ".server",

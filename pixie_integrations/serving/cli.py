@@ -11,6 +11,8 @@ import os
 import sys
 from typing import Any
 
+from .limits import ServerLimits
+
 __all__ = ["register"]
 
 _DEFAULT_MODEL = "telepix/PIXIE-Spell-Reranker-Preview-0.6B"
@@ -55,17 +57,70 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--instruction", default=None, help="task instruction used when a request gives none")
     parser.add_argument(
-        "--served-model-name", default=None, help="name reported to clients and accepted as 'model' (default: --model)"
+        "--served-model-name",
+        nargs="+",
+        default=None,
+        metavar="NAME",
+        help="name(s) accepted as a request's 'model' and listed by /v1/models, e.g. the name a client sends "
+        "(default: the hub id, or the folder's base name)",
     )
     parser.add_argument(
         "--api-key",
-        default=os.environ.get("PIXIE_API_KEY"),
-        help="require 'Authorization: Bearer KEY' on every route but /health (default: $PIXIE_API_KEY, else none)",
+        default=None,
+        help="require 'Authorization: Bearer KEY' on every route but /health (default: $PIXIE_API_KEY, else none; "
+        "an empty key is an error)",
+    )
+    limits = parser.add_argument_group("limits (per request; past one, a clear 4xx)")
+    defaults = ServerLimits()
+    limits.add_argument(
+        "--max-body-bytes",
+        type=_positive_int,
+        default=defaults.max_body_bytes,
+        help="largest request body, refused with 413 before it is read (default: %(default)s)",
+    )
+    limits.add_argument(
+        "--max-documents",
+        type=_positive_int,
+        default=defaults.max_documents,
+        help="most documents or pairs per request (default: %(default)s)",
+    )
+    limits.add_argument(
+        "--max-document-chars",
+        type=_positive_int,
+        default=defaults.max_document_chars,
+        help="longest document in characters (default: %(default)s)",
+    )
+    limits.add_argument(
+        "--max-query-chars",
+        type=_positive_int,
+        default=defaults.max_query_chars,
+        help="longest query or instruction in characters (default: %(default)s)",
+    )
+    limits.add_argument(
+        "--request-timeout",
+        type=_positive_float,
+        default=defaults.request_timeout,
+        help="seconds a request may wait and run before it is dropped with 504 (default: %(default)s)",
+    )
+    limits.add_argument(
+        "--max-pending-pairs",
+        type=_positive_int,
+        default=defaults.max_pending_pairs,
+        help="most pairs queued for the model; past it, 503 with Retry-After (default: %(default)s)",
     )
     parser.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
+    where = "--api-key"
+    if args.api_key is None and "PIXIE_API_KEY" in os.environ:
+        args.api_key, where = os.environ["PIXIE_API_KEY"], "PIXIE_API_KEY"
+    if args.api_key is not None and not args.api_key.strip():
+        print(
+            f"error: {where} is empty; give a real key, or leave it out (unset PIXIE_API_KEY) to serve without one",
+            file=sys.stderr,
+        )
+        return 2
     try:
         from . import serve
     except ImportError as exc:
@@ -85,6 +140,14 @@ def _run(args: argparse.Namespace) -> int:
             port=args.port,
             served_model_name=args.served_model_name,
             api_key=args.api_key,
+            limits=ServerLimits(
+                max_body_bytes=args.max_body_bytes,
+                max_documents=args.max_documents,
+                max_document_chars=args.max_document_chars,
+                max_query_chars=args.max_query_chars,
+                request_timeout=args.request_timeout,
+                max_pending_pairs=args.max_pending_pairs,
+            ),
             **settings,
         )
     except ModelLoadError as exc:
@@ -97,6 +160,13 @@ def _port(text: str) -> int:
     value = int(text)
     if not 0 < value < 65536:
         raise argparse.ArgumentTypeError(f"port must be 1-65535, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
     return value
 
 
