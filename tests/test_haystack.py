@@ -469,11 +469,12 @@ def _needs_serving() -> None:
 
 @pytest.fixture(scope="module")
 def server_url(tiny_scorer: PixieScorer) -> Iterator[str]:
-    """``pixie-rerank serve``'s app around the tiny float32 CPU scorer; it serves the model under its folder path."""
+    """``pixie-rerank serve``'s app around the tiny float32 CPU scorer, serving the model under its folder path."""
     _needs_serving()
     from pixie_integrations.serving import create_app, serve_in_thread
 
-    with serve_in_thread(create_app(tiny_scorer), start_timeout=START_TIMEOUT_S) as url:
+    app = create_app(tiny_scorer, served_model_name=tiny_scorer.model_name)
+    with serve_in_thread(app, start_timeout=START_TIMEOUT_S) as url:
         yield url
 
 
@@ -673,7 +674,9 @@ def test_api_key_is_sent_from_the_environment_and_never_saved(
 
     secret = "s3cret-rerank-key"
     want = sorted(tiny_scorer.score(QUERY, TEXTS), reverse=True)[:3]
-    with serve_in_thread(create_app(tiny_scorer, api_key=secret), start_timeout=START_TIMEOUT_S) as url:
+    with serve_in_thread(
+        create_app(tiny_scorer, served_model_name=tiny_scorer.model_name, api_key=secret), start_timeout=START_TIMEOUT_S
+    ) as url:
         monkeypatch.setenv("PIXIE_API_KEY", secret)
         p = _pipeline(_remote(url, tiny_reranker, top_k=3), docs)
         got = _ranked(p.run(_inputs()))
