@@ -37,6 +37,12 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
+REFERENCE_TYPE = (
+    "haystack_integrations.components.rankers.sentence_transformers.sentence_transformers_similarity."
+    "SentenceTransformersSimilarityRanker"
+)
+
+
 def main() -> int:
     args = parse_args()
     if args.tiny:
@@ -104,6 +110,26 @@ def main() -> int:
         token = os.environ.get("HF_API_TOKEN") or os.environ.get("HF_TOKEN")
         leaked = bool(token) and token in yaml_text
         print(f"YAML round trip ({len(yaml_text)} chars, token value inside: {leaked}) gives the same ranking: {same}")
+
+        # A ranker saved by SentenceTransformersSimilarityRanker (its to_dict(), with its prefixes and backend)
+        # loads as it is into PixieRanker; the prefixes wrap the query and document inside the PIXIE template.
+        saved = {
+            "type": REFERENCE_TYPE,
+            "init_parameters": {
+                **ranker.to_dict()["init_parameters"],
+                "query_prefix": "Question: ",
+                "query_suffix": "",
+                "document_prefix": "Passage: ",
+                "document_suffix": "",
+                "config_kwargs": None,
+                "backend": "torch",
+                "batch_size": 16,
+            },
+        }
+        switched = PixieRanker.from_dict(saved)
+        print("\nA saved SentenceTransformersSimilarityRanker dict, loaded as PixieRanker:")
+        for doc in switched.run(query=QUERY, documents=result["retriever"]["documents"])["documents"]:
+            print(f"  {doc.score:.4f}  [{doc.meta['source']}] {doc.content}")
     return 0
 
 

@@ -85,10 +85,16 @@ def run(model: str, device: str | None, dtype: str | None, query: str, top_n: in
     reranked = reranker.compress_documents(candidates, query)
     show(f"compress_documents: top {top_n} of {len(candidates)} candidates", list(reranked))
 
-    # 2. rerank(): CohereRerank's shape, for your own plumbing.
+    # 2. rerank(): CohereRerank.rerank's signature and meanings, for your own plumbing.
     print("\n== rerank()")
     for hit in reranker.rerank([d.page_content for d in candidates], query, top_n=2):
         print(f"  {hit}")
+    # Object documents scored on their rank_fields (as YAML, as langchain-cohere sends them), each document cut to
+    # 32 of its own tokens (the prompt template is never cut); top_n=-1 is Cohere's "the instance's top_n".
+    records = [{"title": f"passage {d.id}", "text": d.page_content, "views": i} for i, d in enumerate(candidates)]
+    print("== rerank(records, rank_fields=['title', 'text'], max_tokens_per_doc=32)")
+    for hit in reranker.rerank(records, query, rank_fields=["title", "text"], max_tokens_per_doc=32, top_n=-1):
+        print(f"  {hit}  {records[hit['index']]['title']}")
 
     # 3. An LCEL chain: retrieve, rerank (passing the chain's callbacks on, so the rerank is traced), format.
     def rerank_step(inputs: dict, config: RunnableConfig) -> list[Document]:

@@ -88,9 +88,16 @@ def main() -> None:
         async_response = asyncio.run(engine.aquery(args.query))
         assert [n.node.node_id for n in async_response.source_nodes] == [n.node.node_id for n in response.source_nodes]
 
-        # ... and on its own, on any list of NodeWithScore.
+        # ... and on its own, on any list of NodeWithScore (the caller's nodes keep their retrieval scores).
         retrieved = index.as_retriever(similarity_top_k=len(CORPUS)).retrieve(args.query)
         show("postprocess_nodes() on the raw retrieval:", reranker.postprocess_nodes(retrieved, query_str=args.query))
+
+        # A config saved by SentenceTransformerRerank (its to_dict()) loads as a PixieRerank.
+        saved = {"model": model, "top_n": 2, "device": args.device or "cpu", "keep_retrieval_score": False,
+                 "trust_remote_code": False, "class_name": "SentenceTransformerRerank"}  # fmt: skip
+        switched = PixieRerank.from_dict(saved)
+        show("A saved SentenceTransformerRerank config, loaded as PixieRerank:",
+             switched.postprocess_nodes(retrieved, query_str=args.query))  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -32,7 +32,16 @@ from typing import Any
 
 from .template import DEFAULT_INSTRUCTION, format_document, format_query
 
-__all__ = ["SHAPES", "WORKLOADS", "Workload", "build_random_model", "build_workload", "register", "run_benchmark"]
+__all__ = [
+    "SHAPES",
+    "WORKLOADS",
+    "CardReference",
+    "Workload",
+    "build_random_model",
+    "build_workload",
+    "register",
+    "run_benchmark",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -217,18 +226,72 @@ def build_random_model(shape: str, path: str | os.PathLike[str], *, seed: int = 
 ScoreFn = Callable[[str, list[str]], list[float]]
 
 
+class CardReference:
+    """The model card's code: its ``format_queries``/``format_document`` and sentence-transformers ``CrossEncoder``.
+
+    The card's sentence-transformers tokenized each pair as a plain text pair
+    (``tokenizer(text_a, text_b, padding=True, truncation=True)``). From 5.4 on, sentence-transformers routes a pair
+    through the tokenizer's chat template when the tokenizer has one, and a PIXIE / Qwen3 checkpoint may ship Qwen3's
+    template: ``CrossEncoder.predict`` then no longer gives the card's numbers. So a tokenizer with a chat template
+    gets the card's tokenization here, on the ``CrossEncoder``'s own model and tokenizer; one without goes through
+    ``CrossEncoder.predict`` itself. Either way the scores are what the card printed, whatever sentence-transformers
+    is installed.
+
+    Args:
+        path: Checkpoint folder or hub id, as ``CrossEncoder`` takes it.
+        device: Where ``CrossEncoder`` puts the model.
+        dtype: Weight dtype name (``"float32"``, ``"bfloat16"``); ``None``: the ``CrossEncoder``'s default.
+        batch_size: Pairs per forward pass (the card's ``predict`` default, 32).
+    """
+
+    def __init__(
+        self, path: str | os.PathLike[str], *, device: str = "cpu", dtype: str | None = None, batch_size: int = 32
+    ) -> None:
+        import torch
+        from sentence_transformers import CrossEncoder
+
+        kwargs: dict[str, Any] = {"model_kwargs": {"dtype": getattr(torch, dtype)}} if dtype else {}
+        self.cross_encoder = CrossEncoder(os.fspath(path), device=device, **kwargs)
+        self.batch_size = batch_size
+        self.uses_chat_template = bool(getattr(self.cross_encoder.tokenizer, "chat_template", None))
+
+    def predict(self, pairs: Sequence[tuple[str, str] | Sequence[str]]) -> list[float]:
+        """Scores of already formatted (text A, text B) pairs, as the card's ``model.predict(pairs)``."""
+        if not self.uses_chat_template:
+            batch = [[a, b] for a, b in pairs]
+            return [
+                float(s) for s in self.cross_encoder.predict(batch, batch_size=self.batch_size, show_progress_bar=False)
+            ]
+        return self._predict_as_pairs([(a, b) for a, b in pairs])
+
+    def score(self, query: str, documents: Sequence[str], instruction: str | None = None) -> list[float]:
+        """The card's recipe for one query: format each pair, then :meth:`predict`."""
+        instruction = instruction if instruction is not None else DEFAULT_INSTRUCTION
+        return self.predict([(format_query(query, instruction), format_document(d)) for d in documents])
+
+    def _predict_as_pairs(self, pairs: list[tuple[str, str]]) -> list[float]:
+        import torch
+
+        tokenizer = self.cross_encoder.tokenizer
+        model = self.cross_encoder.model
+        device = next(model.parameters()).device
+        out: list[float] = []
+        for start in range(0, len(pairs), self.batch_size):
+            batch = pairs[start : start + self.batch_size]
+            features = tokenizer(
+                [a for a, _ in batch], [b for _, b in batch], padding=True, truncation=True, return_tensors="pt"
+            ).to(device)
+            with torch.inference_mode():
+                logits = model(**features).logits
+            # The card's head has one logit and CrossEncoder's activation for it is the sigmoid.
+            out += [float(s) for s in torch.sigmoid(logits).reshape(-1).float().cpu().tolist()]
+        return out
+
+
 def _crossencoder_system(path: str, device: str, dtype: str) -> ScoreFn:
-    """The model card's code: its formatting and sentence-transformers CrossEncoder.predict, batch 32."""
-    import torch
-    from sentence_transformers import CrossEncoder
-
-    model = CrossEncoder(path, device=device, model_kwargs={"dtype": getattr(torch, dtype)})
-
-    def score(query: str, documents: list[str]) -> list[float]:
-        pairs = [[format_query(query, DEFAULT_INSTRUCTION), format_document(d)] for d in documents]
-        return [float(s) for s in model.predict(pairs, batch_size=32, show_progress_bar=False)]
-
-    return score
+    """The model card's code (:class:`CardReference`), batch 32."""
+    reference = CardReference(path, device=device, dtype=dtype)
+    return reference.score
 
 
 def _pixie_system(path: str, device: str, **kwargs: Any) -> ScoreFn:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 try:
     from haystack import Document, component, default_from_dict, default_to_dict
+    from haystack.core.serialization import generate_qualified_class_name
     from haystack.utils import ComponentDevice, Secret
     from haystack.utils.hf import deserialize_hf_model_kwargs, serialize_hf_model_kwargs
 except ImportError as exc:  # pragma: no cover - exercised only without the extra installed
@@ -64,6 +65,11 @@ _LOCAL_ONLY = (
     "model_kwargs",
     "tokenizer_kwargs",
     "config_kwargs",
+)
+# The type the reference ranker (sentence-transformers-haystack) saves; from_dict takes it as this class.
+_REFERENCE_TYPE = (
+    "haystack_integrations.components.rankers.sentence_transformers.sentence_transformers_similarity."
+    "SentenceTransformersSimilarityRanker"
 )
 # The reference ranker's `backend` values; the model runs on PyTorch (transformers) here.
 _BACKENDS = ("torch",)
@@ -452,7 +458,10 @@ class PixieRanker:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "PixieRanker":
-        """Rebuild the component from :meth:`to_dict`'s output (the caller's dict is left unchanged)."""
+        """Rebuild the component from :meth:`to_dict`'s output, or from a dict ``SentenceTransformersSimilarityRanker``
+        saved (its type is taken as this class's). The caller's dict is left unchanged."""
+        if data.get("type") == _REFERENCE_TYPE:
+            data = {**data, "type": generate_qualified_class_name(cls)}
         params = dict(data.get("init_parameters", {}))
         if params.get("model_kwargs") is not None:
             params["model_kwargs"] = copy.deepcopy(params["model_kwargs"])

@@ -19,7 +19,7 @@ import pytest
 os.environ.setdefault("HAYSTACK_TELEMETRY_ENABLED", "False")  # no network: keep Haystack's telemetry quiet
 
 import torch
-from haystack import Document, Pipeline
+from haystack import DeserializationError, Document, Pipeline
 from haystack.components.retrievers.in_memory import InMemoryBM25Retriever
 from haystack.core.errors import PipelineRuntimeError
 from haystack.document_stores.in_memory import InMemoryDocumentStore
@@ -382,7 +382,7 @@ def test_to_dict_from_dict_round_trip(cpu_kwargs: dict[str, Any]) -> None:
     )
     data = ranker.to_dict()
     params = data["init_parameters"]
-    assert data["type"] == "haystack_integrations.components.rankers.pixie.PixieRanker"
+    assert data["type"] == "pixie_integrations.haystack.PixieRanker"
     assert params["device"] == {"type": "single", "device": "cpu"}
     assert params["token"] == {"type": "env_var", "env_vars": ["HF_API_TOKEN", "HF_TOKEN"], "strict": False}
     assert params["model_kwargs"]["torch_dtype"] == "torch.float32"
@@ -409,11 +409,13 @@ def test_pipeline_survives_dumps_and_loads_with_the_allowlist(
     p = _pipeline(PixieRanker(**cpu_kwargs, top_k=3, instruction="Judge satellite relevance"), docs)
     yaml = p.dumps()
     assert "hf_do_not_leak_me" not in yaml
-    assert "HF_TOKEN" in yaml and "haystack_integrations.components.rankers.pixie.PixieRanker" in yaml
+    assert "HF_TOKEN" in yaml and "pixie_integrations.haystack.PixieRanker" in yaml
 
-    # Haystack's default allow-list trusts haystack_integrations: no allowed_modules needed.
     monkeypatch.delenv("HAYSTACK_DESERIALIZATION_ALLOWLIST", raising=False)
-    loaded = Pipeline.loads(yaml)
+    with pytest.raises(DeserializationError, match="allowlist"):
+        Pipeline.loads(yaml)
+
+    loaded = Pipeline.loads(yaml, allowed_modules=["pixie_integrations"])
     ranker = loaded.get_component("ranker")
     assert isinstance(ranker, PixieRanker)
     assert ranker.instruction == "Judge satellite relevance"
@@ -422,8 +424,9 @@ def test_pipeline_survives_dumps_and_loads_with_the_allowlist(
     assert len(before) == 3
     assert [(d.id, d.score) for d in after] == [(d.id, d.score) for d in before]
 
-    with_old_allowlist = Pipeline.loads(yaml, allowed_modules=["pixie_integrations"])  # what older docs said
-    assert [d.id for d in with_old_allowlist.run(_inputs())["ranker"]["documents"]] == [d.id for d in before]
+    monkeypatch.setenv("HAYSTACK_DESERIALIZATION_ALLOWLIST", "pixie_integrations.*")
+    via_env = Pipeline.loads(yaml)
+    assert [d.id for d in via_env.run(_inputs())["ranker"]["documents"]] == [d.id for d in before]
 
 
 def test_a_token_value_refuses_to_serialize(cpu_kwargs: dict[str, Any], docs: list[Document]) -> None:
@@ -466,11 +469,10 @@ def _needs_serving() -> None:
 
 @pytest.fixture(scope="module")
 def server_url(tiny_scorer: PixieScorer) -> Iterator[str]:
-    """``pixie-rerank serve``'s app around the tiny float32 CPU scorer; it serves the model under its folder path."""
+    """``pixie-rerank serve``'s app around the tiny float32 CPU scorer, serving the model under its folder path."""
     _needs_serving()
     from pixie_integrations.serving import create_app, serve_in_thread
 
-    # Served under the name the rankers send as their model (a client sends its configured name).
     app = create_app(tiny_scorer, served_model_name=tiny_scorer.model_name)
     with serve_in_thread(app, start_timeout=START_TIMEOUT_S) as url:
         yield url
@@ -648,9 +650,9 @@ def test_remote_pipeline_survives_dumps_and_loads(
     _forbid_local_models(monkeypatch)
     p = _pipeline(_remote(server_url, tiny_reranker, top_k=3), docs)
     yaml = p.dumps()
-    assert server_url in yaml and "PIXIE_API_KEY" in yaml and "rankers.pixie.PixieRanker" in yaml
+    assert server_url in yaml and "PIXIE_API_KEY" in yaml and "pixie_integrations.haystack.PixieRanker" in yaml
 
-    loaded = Pipeline.loads(yaml)
+    loaded = Pipeline.loads(yaml, allowed_modules=["pixie_integrations"])
     ranker = loaded.get_component("ranker")
     assert isinstance(ranker, PixieRanker)
     assert (ranker.api_base_url, ranker.api, ranker.model) == (server_url, "pixie", str(tiny_reranker))
@@ -672,15 +674,16 @@ def test_api_key_is_sent_from_the_environment_and_never_saved(
 
     secret = "s3cret-rerank-key"
     want = sorted(tiny_scorer.score(QUERY, TEXTS), reverse=True)[:3]
-    app = create_app(tiny_scorer, api_key=secret, served_model_name=tiny_scorer.model_name)
-    with serve_in_thread(app, start_timeout=START_TIMEOUT_S) as url:
+    with serve_in_thread(
+        create_app(tiny_scorer, served_model_name=tiny_scorer.model_name, api_key=secret), start_timeout=START_TIMEOUT_S
+    ) as url:
         monkeypatch.setenv("PIXIE_API_KEY", secret)
         p = _pipeline(_remote(url, tiny_reranker, top_k=3), docs)
         got = _ranked(p.run(_inputs()))
         assert len(got) == 3
         yaml = p.dumps()
         assert secret not in yaml and "PIXIE_API_KEY" in yaml
-        loaded = Pipeline.loads(yaml)
+        loaded = Pipeline.loads(yaml, allowed_modules=["pixie_integrations"])
         _assert_same(_ranked(loaded.run(_inputs())), got)
 
         # any variable name; the key itself is never in the dict
@@ -764,12 +767,13 @@ class _VllmStandIn:
     """vLLM's ``POST /score`` for a seq-cls reranker: it scores (text_1, text_2) as given, nothing added."""
 
     def __init__(self, model_path: Path) -> None:
-        from sentence_transformers import CrossEncoder
         from starlette.applications import Starlette
         from starlette.responses import JSONResponse
         from starlette.routing import Route
 
-        self.model = CrossEncoder(str(model_path), device="cpu")
+        from pixie_integrations.benchmark import CardReference
+
+        self.model = CardReference(model_path)  # the card's CrossEncoder path, robust to a chat template
         self.requests: list[dict[str, Any]] = []
 
         async def score(request: Any) -> JSONResponse:
@@ -777,7 +781,7 @@ class _VllmStandIn:
             self.requests.append(body)
             text_1 = [body["text_1"]] if isinstance(body["text_1"], str) else body["text_1"]
             pairs = [[text_1[0] if len(text_1) == 1 else text_1[i], t2] for i, t2 in enumerate(body["text_2"])]
-            scores = self.model.predict(pairs, batch_size=32, show_progress_bar=False)
+            scores = self.model.predict(pairs)
             data = [{"index": i, "object": "score", "score": float(s)} for i, s in enumerate(scores)]
             return JSONResponse({"id": "score-1", "object": "list", "model": body.get("model"), "data": data})
 

@@ -22,6 +22,7 @@ os.environ.setdefault("HAYSTACK_TELEMETRY_ENABLED", "False")
 import torch
 from haystack import Document, Pipeline
 from haystack.components.retrievers.in_memory import InMemoryBM25Retriever
+from haystack.core.serialization import generate_qualified_class_name
 from haystack.document_stores.in_memory import InMemoryDocumentStore
 from haystack.utils import ComponentDevice, Secret
 
@@ -32,7 +33,7 @@ REFERENCE_TYPE = (
     "haystack_integrations.components.rankers.sentence_transformers.sentence_transformers_similarity."
     "SentenceTransformersSimilarityRanker"
 )
-OUR_TYPE = "pixie_integrations.haystack.PixieRanker"
+OUR_TYPE = generate_qualified_class_name(PixieRanker)  # wherever the class's public home is
 CPU = ComponentDevice.from_str("cpu")
 
 
@@ -366,6 +367,8 @@ def test_a_saved_reference_ranker_loads_and_ranks_like_the_reference(tiny_encode
     data = reference.to_dict()
     ours = PixieRanker.from_dict(_swap_type(data))
     assert ours.to_dict()["init_parameters"]["backend"] == "torch"
+    # the reference's own type is accepted as it is, too
+    assert PixieRanker.from_dict(data).to_dict() == ours.to_dict()
 
     want = reference.run(query="capital of Germany", documents=copy.deepcopy(DOCS))["documents"]
     got = ours.run(query="capital of Germany", documents=DOCS)["documents"]

@@ -75,6 +75,18 @@ class RecordingHandler(BaseCallbackHandler):
         return [e for e in self.events if e["event"] == event and e["run_id"] in rerank_ids]
 
 
+class ThreadRecordingScorer(PixieScorer):
+    """The real scorer (same shared weights), noting which thread each score() call ran on."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.threads: list[int] = []
+
+    def score(self, *args: Any, **kwargs: Any) -> list[float]:
+        self.threads.append(threading.get_ident())
+        return super().score(*args, **kwargs)
+
+
 def make_docs() -> list[Document]:
     return [
         Document(page_content=text, id=f"doc-{i}", metadata={"source": f"s{i}", "nested": {"n": i}})
@@ -482,21 +494,29 @@ def test_lcel_batch(reranker: PixieRerank, vectorstore: InMemoryVectorStore) -> 
 
 
 # -- async ---------------------------------------------------------------------------------------------------------
-async def test_async_scoring_runs_off_the_event_loop(tiny_scorer: PixieScorer) -> None:
-    # PixieScorer has ascore: the forward passes run on the model's batching engine, never on the event loop.
-    reranker = PixieRerank(scorer=tiny_scorer, top_n=None)
+async def test_async_scoring_awaits_the_scorers_ascore(tiny_reranker: Path, tiny_scorer: PixieScorer) -> None:
+    # PixieScorer.ascore awaits the model's batching engine: the event loop is never blocked, no thread is held.
+    scorer = ThreadRecordingScorer(str(tiny_reranker), device="cpu", dtype="float32")
+    reranker = PixieRerank(scorer=scorer, top_n=None)
     docs = make_docs()
-    backbone = getattr(tiny_scorer.model, tiny_scorer.model.base_model_prefix)
-    threads: list[int] = []
-    handle = backbone.register_forward_pre_hook(lambda *_: threads.append(threading.get_ident()))
-    try:
-        out = await reranker.acompress_documents(docs, QUERY)
-    finally:
-        handle.remove()
-    assert threads and threading.get_ident() not in threads
-    assert scores_of(out) == [s for _, s in expected_ranking(tiny_scorer, SAMPLE_DOCUMENTS)]
+    out = await reranker.acompress_documents(docs, QUERY)
+    assert scorer.threads == []  # the sync score() was not used from async code
+    assert scores_of(out) == pytest.approx([s for _, s in expected_ranking(tiny_scorer, SAMPLE_DOCUMENTS)], abs=1e-6)
     assert docs == make_docs()
-    assert await reranker.arerank(SAMPLE_DOCUMENTS, QUERY, top_n=2) == reranker.rerank(SAMPLE_DOCUMENTS, QUERY, top_n=2)
+    got = await reranker.arerank(SAMPLE_DOCUMENTS, QUERY, top_n=2)
+    want = reranker.rerank(SAMPLE_DOCUMENTS, QUERY, top_n=2)
+    assert [r["index"] for r in got] == [r["index"] for r in want]
+    assert [r["relevance_score"] for r in got] == pytest.approx([r["relevance_score"] for r in want], abs=1e-6)
+
+
+async def test_a_scorer_without_ascore_runs_off_the_event_loop(tiny_reranker: Path, tiny_scorer: PixieScorer) -> None:
+    class SyncOnly(ThreadRecordingScorer):
+        ascore = None  # type: ignore[assignment]
+
+    scorer = SyncOnly(str(tiny_reranker), device="cpu", dtype="float32")
+    out = await PixieRerank(scorer=scorer, top_n=None).acompress_documents(make_docs(), QUERY)
+    assert scorer.threads and threading.get_ident() not in scorer.threads
+    assert scores_of(out) == [s for _, s in expected_ranking(tiny_scorer, SAMPLE_DOCUMENTS)]
 
 
 async def test_concurrent_async_calls_match_sync(tiny_reranker: Path) -> None:

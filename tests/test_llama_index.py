@@ -521,7 +521,9 @@ def test_example_runs_offline_with_tiny_model(
     stdout = capsys.readouterr().out
     assert "PixieRerank(model=" in stdout
     scores = [float(line.split()[1]) for line in stdout.splitlines() if line.startswith("#")]
-    engine_block, direct_block = scores[:3], scores[3:]
+    engine_block, direct_block, switched_block = scores[:3], scores[3:6], scores[6:]
     assert len(engine_block) == 3 and engine_block == sorted(engine_block, reverse=True)
     assert direct_block == engine_block  # the same reranker on the same retrieval, inside and outside the engine
+    assert "A saved SentenceTransformerRerank config, loaded as PixieRerank" in stdout
+    assert switched_block == engine_block[:2]  # the saved config's top_n=2, same model and scores
     assert all(0.0 <= s <= 1.0 and not math.isnan(s) for s in scores)

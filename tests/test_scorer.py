@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import shutil
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -30,12 +32,13 @@ DOCS = SAMPLE_DOCUMENTS + ["", "짧은 문서", "A much longer English document 
 
 
 def card_scores(path: Path, pairs: list[tuple[str, str]], instruction: str | None = None) -> list[float]:
-    """The model card's code: its format_queries/format_document + sentence-transformers CrossEncoder.predict."""
-    from sentence_transformers import CrossEncoder
+    """The model card's code: its format_queries/format_document + sentence-transformers CrossEncoder (see
+    CardReference: the pair is tokenized as the card's sentence-transformers did, chat template or not)."""
+    from pixie_integrations.benchmark import CardReference
 
-    model = CrossEncoder(str(path), device="cpu")
-    formatted = [[format_query(q, instruction), format_document(d)] for q, d in pairs]
-    return [float(s) for s in model.predict(formatted, batch_size=32, show_progress_bar=False)]
+    return CardReference(path, device="cpu").predict(
+        [(format_query(q, instruction), format_document(d)) for q, d in pairs]
+    )
 
 
 def plain_crossencoder_scores(path: Path, pairs: list[tuple[str, str]]) -> list[float]:
@@ -272,6 +275,132 @@ def test_bad_input_is_a_clear_error(tiny_scorer: PixieScorer) -> None:
 def test_missing_path_says_so(tmp_path: Path) -> None:
     with pytest.raises(ModelLoadError, match="does not exist"):
         PixieScorer(str(tmp_path / "no-such-model"), device="cpu")
+
+
+def test_a_folder_without_a_checkpoint_says_so(tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError, match="holds no transformers checkpoint: it has no config.json"):
+        PixieScorer(str(tmp_path), device="cpu")
+
+
+def test_a_checkpoint_that_fails_to_load_names_the_real_cause(tiny_reranker: Path) -> None:
+    # device_map needs accelerate (not installed here) or fails otherwise: either way not "does not exist".
+    with pytest.raises(ModelLoadError) as info:
+        PixieScorer(str(tiny_reranker), device="cpu", dtype="float32", model_kwargs={"device_map": "auto"},
+                    tokenizer_kwargs={"x_unused": 1})  # fmt: skip
+    message = str(info.value)
+    assert "does not exist" not in message and "no transformers checkpoint" not in message
+    assert "was found, but loading its weights failed" in message
+    assert type(info.value.__cause__).__name__ in message  # the cause's type and text are in the message
+
+
+def test_config_kwargs_reach_the_config(tiny_reranker: Path) -> None:
+    scorer = PixieScorer(str(tiny_reranker), device="cpu", dtype="float32", config_kwargs={"rms_norm_eps": 1e-3})
+    assert scorer.model.config.rms_norm_eps == 1e-3
+    assert PixieScorer(str(tiny_reranker), device="cpu", dtype="float32").model is not scorer.model  # own entry
+
+
+# -- max_doc_tokens: a per-call cap on each document's tokens --------------------------------------------------------
+def test_max_doc_tokens_cuts_the_document_and_never_the_template(tiny_scorer: PixieScorer) -> None:
+    long_doc = "위성 데이터 분석 서비스 " * 50
+    encoder = tiny_scorer._encoder
+    (whole,), _ = encoder.encode([(QUERY, long_doc)], DEFAULT_INSTRUCTION)
+    (cut,), truncated = encoder.encode([(QUERY, long_doc)], DEFAULT_INSTRUCTION, max_doc_tokens=7)
+    suffix = tuple(tiny_scorer.tokenizer(SUFFIX, add_special_tokens=False)["input_ids"])
+    head = len(tiny_scorer.tokenizer("<Document>:", add_special_tokens=False)["input_ids"])
+    assert cut.prefix == whole.prefix  # system prompt, instruction, query: untouched
+    assert cut.rest == whole.rest[: head + 7] + suffix  # the marker, 7 document tokens, the whole suffix
+    assert truncated == 0  # asked for, not a max_length cut
+    with torch.no_grad():
+        logit = float(tiny_scorer.model(torch.tensor([cut.input_ids])).logits[0, 0])
+    scores = tiny_scorer.score(QUERY, [long_doc, "ok"], raw=True, max_doc_tokens=7)
+    assert scores[0] == pytest.approx(logit, abs=1e-5)
+    assert scores[1] == pytest.approx(tiny_scorer.score(QUERY, ["ok"], raw=True)[0], abs=1e-5)  # fits: as is
+    assert tiny_scorer.score(QUERY, [long_doc], max_doc_tokens=10**6) == tiny_scorer.score(QUERY, [long_doc])
+    pairs = [(QUERY, long_doc), (SAMPLE_QUERIES[2], long_doc)]
+    assert tiny_scorer.score_pairs(pairs, max_doc_tokens=7)[0] == pytest.approx(
+        tiny_scorer.score(QUERY, [long_doc], max_doc_tokens=7)[0], abs=1e-5
+    )
+    ranked = tiny_scorer.rank(QUERY, [long_doc, "ok"], raw=True, max_doc_tokens=7)
+    assert sorted(r.score for r in ranked) == pytest.approx(sorted(scores), abs=1e-5)
+
+
+def test_max_doc_tokens_on_an_encoder_cuts_the_second_text(tiny_encoder: Path) -> None:
+    scorer = PixieScorer(str(tiny_encoder), device="cpu", dtype="float32")
+    tokenizer = scorer.tokenizer
+    query, doc = "satellite data", "satellite imagery for agriculture and defence " * 10
+    encoded, truncated = scorer._encoder.encode([(query, doc), (query, "short")], "", max_doc_tokens=5)
+    cut = encoded[0]
+    assert truncated == 0
+    q_len = len(tokenizer(query, add_special_tokens=False)["input_ids"])
+    expected = tokenizer(query, doc, truncation="only_second", max_length=q_len + 3 + 5)["input_ids"]
+    assert list(cut.input_ids) == expected
+    assert scorer.score(query, [doc, "short"], max_doc_tokens=5)[1] == pytest.approx(
+        scorer.score(query, ["short"])[0], abs=1e-6
+    )
+
+
+@pytest.mark.parametrize("bad", [0, -3, True, 2.5, "8"])
+def test_bad_max_doc_tokens_is_a_clear_error(tiny_scorer: PixieScorer, bad: object) -> None:
+    with pytest.raises(ValueError, match="max_doc_tokens must be a positive int or None"):
+        tiny_scorer.score(QUERY, ["doc"], max_doc_tokens=bad)  # type: ignore[arg-type]
+
+
+# -- the card's own path, when the tokenizer carries a chat template -------------------------------------------------
+QWEN3_LIKE_CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+@pytest.fixture(scope="module")
+def tiny_reranker_with_chat_template(tiny_reranker: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same checkpoint, its tokenizer carrying a chat template (as a real Qwen3-based checkpoint may)."""
+    out = tmp_path_factory.mktemp("tiny-pixie-chat-template")
+    shutil.copytree(tiny_reranker, out, dirs_exist_ok=True)
+    config_path = out / "tokenizer_config.json"
+    config = json.loads(config_path.read_text())
+    config["chat_template"] = QWEN3_LIKE_CHAT_TEMPLATE
+    config_path.write_text(json.dumps(config))
+    return out
+
+
+def test_card_reference_is_robust_to_a_chat_template(
+    tiny_reranker: Path, tiny_reranker_with_chat_template: Path, tiny_scorer: PixieScorer
+) -> None:
+    from pixie_integrations.benchmark import CardReference
+
+    pairs = [(QUERY, d) for d in DOCS]
+    plain = CardReference(tiny_reranker)
+    templated = CardReference(tiny_reranker_with_chat_template)
+    assert not plain.uses_chat_template and templated.uses_chat_template
+    want = plain.predict([(format_query(q), format_document(d)) for q, d in pairs])
+    assert templated.predict([(format_query(q), format_document(d)) for q, d in pairs]) == pytest.approx(want, abs=1e-6)
+    assert tiny_scorer.score(QUERY, DOCS) == pytest.approx(want, abs=1e-5)
+    # PixieScorer never uses a chat template: same numbers from the templated copy.
+    other = PixieScorer(str(tiny_reranker_with_chat_template), device="cpu", dtype="float32")
+    assert other.score(QUERY, DOCS) == pytest.approx(want, abs=1e-5)
+
+
+def test_plain_crossencoder_predict_is_what_goes_wrong_with_a_chat_template(
+    tiny_reranker_with_chat_template: Path, tiny_scorer: PixieScorer
+) -> None:
+    import sentence_transformers
+    from sentence_transformers import CrossEncoder
+
+    major, minor = (int(x) for x in sentence_transformers.__version__.split(".")[:2])
+    if (major, minor) < (5, 4):
+        pytest.skip("sentence-transformers < 5.4 tokenizes pairs as pairs, chat template or not")
+    pairs = [[format_query(QUERY), format_document(d)] for d in DOCS[:4]]
+    want = tiny_scorer.score(QUERY, DOCS[:4])
+    try:
+        got = [float(s) for s in CrossEncoder(str(tiny_reranker_with_chat_template), device="cpu").predict(pairs)]
+    except Exception:  # noqa: BLE001 - failing outright is the other way it goes wrong
+        got = None
+    if got is not None:
+        assert got != pytest.approx(want, abs=1e-4)
+    # The fix docs/scorer.md gives users of the card's snippet: load the tokenizer without its chat template.
+    fixed = CrossEncoder(str(tiny_reranker_with_chat_template), device="cpu", processor_kwargs={"chat_template": None})
+    assert [float(s) for s in fixed.predict(pairs)] == pytest.approx(want, abs=1e-5)
 
 
 def test_hub_id_offline_says_how_to_use_a_local_copy(monkeypatch: pytest.MonkeyPatch) -> None:
