@@ -725,7 +725,8 @@ def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "bench",
         help="time PixieScorer against the model card's CrossEncoder path on the same weights",
-        description=__doc__,
+        # The module docstring without its Sphinx markup and its note for Python callers.
+        description=__doc__.split("\n\nImportable")[0].replace("``", ""),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--workload", choices=sorted(WORKLOADS), default="beir")

@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _register_missing(subparsers: Any, name: str, help_text: str, error: ImportError) -> None:
     def run(args: argparse.Namespace) -> int:
-        return fail(error)
+        return fail(f'{error}; pip install "pixie-integrations[{name}]"')
 
     # No option prefix: every argument (--model ..., --help) lands in `ignored`, so any call reaches `run`.
     parser = subparsers.add_parser(name, help=f"{help_text} (not installed)", add_help=False, prefix_chars="\0")

@@ -169,6 +169,15 @@ def test_namespace_modules_import_beside_other_distributions(installed: Path, tm
     assert out.strip() == str(installed / NAME / "__init__.py")
 
 
+def test_haystack_logs_under_the_integrations_namespace() -> None:
+    pytest.importorskip("haystack")
+    import pixie_integrations.haystack as adapter
+
+    # haystack.logging.configure_logging sets up "haystack_integrations" (and "haystack"), not other packages.
+    assert adapter.logger.name == "haystack_integrations.components.rankers.pixie"
+    assert adapter.PixieRanker.__module__ == adapter.logger.name
+
+
 def test_saved_haystack_pipeline_loads_with_the_default_allow_list(
     installed: Path, tmp_path: Path, tiny_reranker: Path
 ) -> None:
