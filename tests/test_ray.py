@@ -78,12 +78,14 @@ def test_two_replicas_serve_the_in_process_scores_to_concurrent_clients(
     assert len({replica for replica, _ in answers}) == 2  # both replicas served
 
 
-def test_remote_scorer_sync_and_async_against_ray_serve(serve_url: str, tiny_scorer: PixieScorer) -> None:
+def test_remote_scorer_sync_and_async_against_ray_serve(
+    serve_url: str, tiny_scorer: PixieScorer, tiny_reranker: Path
+) -> None:
     import asyncio
 
     jobs = _jobs(16)
     with RemoteScorer(serve_url, max_documents_per_request=3) as remote:  # several requests per call, too
-        assert remote.model_name == tiny_scorer.model_name
+        assert remote.model_name == tiny_reranker.name  # served under the folder name, never its path
         with ThreadPoolExecutor(max_workers=8) as pool:
             served = list(pool.map(lambda job: remote.score(*job), jobs))
 
@@ -98,13 +100,13 @@ def test_remote_scorer_sync_and_async_against_ray_serve(serve_url: str, tiny_sco
     assert [r.index for r in ranked] == [r.index for r in tiny_scorer.rank(jobs[0][0], jobs[0][1], top_n=3)]
 
 
-def test_cohere_sdk_against_ray_serve(serve_url: str, tiny_scorer: PixieScorer) -> None:
+def test_cohere_sdk_against_ray_serve(serve_url: str, tiny_scorer: PixieScorer, tiny_reranker: Path) -> None:
     cohere = pytest.importorskip("cohere")
     client = cohere.Client(base_url=serve_url, api_key="unused", timeout=60)
     jobs = _jobs(12)
 
     def rerank(job: tuple[str, list[str]]) -> Any:
-        return client.rerank(query=job[0], documents=job[1], model=tiny_scorer.model_name, top_n=3)
+        return client.rerank(query=job[0], documents=job[1], model=tiny_reranker.name, top_n=3)
 
     with ThreadPoolExecutor(max_workers=6) as pool:
         responses = list(pool.map(rerank, jobs))
