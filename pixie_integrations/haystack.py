@@ -244,7 +244,7 @@ class PixieRanker:
             their end only. ``None``: the model's limit.
         :param batch_size: Most pairs per forward pass, on top of ``token_budget``. ``None``: no cap.
         :param token_budget: Most padded tokens per forward pass (bounds memory). ``None``: 16384 on CUDA, 8192 on
-            MPS, 2048 on CPU.
+            MPS, 1024 on CPU.
         :param trust_remote_code: Allow checkpoints that ship their own modelling code.
         :param model_kwargs: Extra keyword arguments for the model's ``from_pretrained``. A ``torch_dtype`` or
             ``dtype`` here is taken as ``dtype``.

@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "telepix/PIXIE-Spell-Reranker-Preview-0.6B"
 
-# Padded tokens per forward pass. Large batches feed a GPU; on CPU small ones win (PERFORMANCE-NOTES.md).
+# Padded tokens per forward pass. Large batches feed a GPU; on CPU small ones win (measured: docs/performance.md).
 _DEFAULT_TOKEN_BUDGET = {"cuda": 16384, "mps": 8192, "cpu": 1024}
 # Above this many pairs a progress bar is worth showing (when show_progress_bar is left to decide).
 _PROGRESS_MIN_PAIRS = 2000
