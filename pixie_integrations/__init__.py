@@ -16,6 +16,7 @@ from ._lazy import lazy_exports
 from .template import DEFAULT_INSTRUCTION, format_document, format_query
 
 if TYPE_CHECKING:
+    from .engine import EngineOverloadedError, ScoringEngine, ScoringTimeoutError
     from .families import ModelFamily
     from .loading import ModelLoadError
     from .protocols import Scorer
@@ -25,11 +26,14 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_INSTRUCTION",
     "DEFAULT_MODEL",
+    "EngineOverloadedError",
     "ModelFamily",
     "ModelLoadError",
     "PixieScorer",
     "RankResult",
     "Scorer",
+    "ScoringEngine",
+    "ScoringTimeoutError",
     "format_document",
     "format_query",
 ]
@@ -44,6 +48,9 @@ _LAZY = {
     "ModelFamily": ".families",
     "ModelLoadError": ".loading",
     "Scorer": ".protocols",
+    "ScoringEngine": ".engine",
+    "EngineOverloadedError": ".engine",
+    "ScoringTimeoutError": ".engine",
 }
 
 

@@ -118,7 +118,8 @@ def create_app(
             base name (a full path is never disclosed).
         api_key: If set, every route but ``/health`` needs ``Authorization: Bearer <api_key>`` (as vLLM's
             ``--api-key``), the schema and docs pages included. An empty key is an error, never "no auth".
-        limits: Per-request limits (:class:`ServerLimits`); default ``ServerLimits()``.
+        limits: Per-request limits (:class:`ServerLimits`); default ``ServerLimits()``. Its ``max_pending_pairs``
+            bounds the model's batching engine, which every app and ``ascore`` caller of that model shares.
     """
     names = _served_names(served_model_name, scorer.model_name)
     if api_key is not None and not api_key.strip():
