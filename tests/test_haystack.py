@@ -19,7 +19,7 @@ import pytest
 os.environ.setdefault("HAYSTACK_TELEMETRY_ENABLED", "False")  # no network: keep Haystack's telemetry quiet
 
 import torch
-from haystack import DeserializationError, Document, Pipeline
+from haystack import Document, Pipeline
 from haystack.components.retrievers.in_memory import InMemoryBM25Retriever
 from haystack.core.errors import PipelineRuntimeError
 from haystack.document_stores.in_memory import InMemoryDocumentStore
@@ -382,7 +382,7 @@ def test_to_dict_from_dict_round_trip(cpu_kwargs: dict[str, Any]) -> None:
     )
     data = ranker.to_dict()
     params = data["init_parameters"]
-    assert data["type"] == "pixie_integrations.haystack.PixieRanker"
+    assert data["type"] == "haystack_integrations.components.rankers.pixie.PixieRanker"
     assert params["device"] == {"type": "single", "device": "cpu"}
     assert params["token"] == {"type": "env_var", "env_vars": ["HF_API_TOKEN", "HF_TOKEN"], "strict": False}
     assert params["model_kwargs"]["torch_dtype"] == "torch.float32"
@@ -409,13 +409,11 @@ def test_pipeline_survives_dumps_and_loads_with_the_allowlist(
     p = _pipeline(PixieRanker(**cpu_kwargs, top_k=3, instruction="Judge satellite relevance"), docs)
     yaml = p.dumps()
     assert "hf_do_not_leak_me" not in yaml
-    assert "HF_TOKEN" in yaml and "pixie_integrations.haystack.PixieRanker" in yaml
+    assert "HF_TOKEN" in yaml and "haystack_integrations.components.rankers.pixie.PixieRanker" in yaml
 
+    # Haystack's default allow-list trusts haystack_integrations: no allowed_modules needed.
     monkeypatch.delenv("HAYSTACK_DESERIALIZATION_ALLOWLIST", raising=False)
-    with pytest.raises(DeserializationError, match="allowlist"):
-        Pipeline.loads(yaml)
-
-    loaded = Pipeline.loads(yaml, allowed_modules=["pixie_integrations"])
+    loaded = Pipeline.loads(yaml)
     ranker = loaded.get_component("ranker")
     assert isinstance(ranker, PixieRanker)
     assert ranker.instruction == "Judge satellite relevance"
@@ -424,9 +422,8 @@ def test_pipeline_survives_dumps_and_loads_with_the_allowlist(
     assert len(before) == 3
     assert [(d.id, d.score) for d in after] == [(d.id, d.score) for d in before]
 
-    monkeypatch.setenv("HAYSTACK_DESERIALIZATION_ALLOWLIST", "pixie_integrations.*")
-    via_env = Pipeline.loads(yaml)
-    assert [d.id for d in via_env.run(_inputs())["ranker"]["documents"]] == [d.id for d in before]
+    with_old_allowlist = Pipeline.loads(yaml, allowed_modules=["pixie_integrations"])  # what older docs said
+    assert [d.id for d in with_old_allowlist.run(_inputs())["ranker"]["documents"]] == [d.id for d in before]
 
 
 def test_a_token_value_refuses_to_serialize(cpu_kwargs: dict[str, Any], docs: list[Document]) -> None:
@@ -650,9 +647,9 @@ def test_remote_pipeline_survives_dumps_and_loads(
     _forbid_local_models(monkeypatch)
     p = _pipeline(_remote(server_url, tiny_reranker, top_k=3), docs)
     yaml = p.dumps()
-    assert server_url in yaml and "PIXIE_API_KEY" in yaml and "pixie_integrations.haystack.PixieRanker" in yaml
+    assert server_url in yaml and "PIXIE_API_KEY" in yaml and "rankers.pixie.PixieRanker" in yaml
 
-    loaded = Pipeline.loads(yaml, allowed_modules=["pixie_integrations"])
+    loaded = Pipeline.loads(yaml)
     ranker = loaded.get_component("ranker")
     assert isinstance(ranker, PixieRanker)
     assert (ranker.api_base_url, ranker.api, ranker.model) == (server_url, "pixie", str(tiny_reranker))
@@ -683,7 +680,7 @@ def test_api_key_is_sent_from_the_environment_and_never_saved(
         assert len(got) == 3
         yaml = p.dumps()
         assert secret not in yaml and "PIXIE_API_KEY" in yaml
-        loaded = Pipeline.loads(yaml, allowed_modules=["pixie_integrations"])
+        loaded = Pipeline.loads(yaml)
         _assert_same(_ranked(loaded.run(_inputs())), got)
 
         # any variable name; the key itself is never in the dict
