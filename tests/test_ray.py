@@ -116,6 +116,43 @@ def test_cohere_sdk_against_ray_serve(serve_url: str, tiny_scorer: PixieScorer, 
         assert [r.relevance_score for r in response.results] == pytest.approx([r.score for r in expected], abs=1e-6)
 
 
+def test_the_three_adapters_work_unchanged_against_ray_serve(
+    serve_url: str, tiny_reranker: Path, tiny_scorer: PixieScorer
+) -> None:
+    pytest.importorskip("langchain_core")
+    pytest.importorskip("llama_index.core")
+    pytest.importorskip("haystack")
+    from haystack import Document as HaystackDocument
+    from langchain_core.documents import Document as LangChainDocument
+    from llama_index.core.schema import NodeWithScore, TextNode
+
+    from pixie_integrations.haystack import PixieRanker
+    from pixie_integrations.langchain import PixieRerank as LangChainRerank
+    from pixie_integrations.llama_index import PixieRerank as LlamaIndexRerank
+
+    query, texts = SAMPLE_QUERIES[1], SAMPLE_DOCUMENTS
+    expected = tiny_scorer.rank(query, texts, top_n=3)
+    with RemoteScorer(serve_url) as remote:
+        compressed = LangChainRerank(scorer=remote, top_n=3).compress_documents(
+            [LangChainDocument(page_content=t, id=f"d{i}") for i, t in enumerate(texts)], query
+        )
+        nodes = LlamaIndexRerank(scorer=remote, top_n=3).postprocess_nodes(
+            [NodeWithScore(node=TextNode(text=t, id_=f"d{i}"), score=0.5) for i, t in enumerate(texts)],
+            query_str=query,
+        )
+    ranker = PixieRanker(model=str(tiny_reranker), api_base_url=serve_url, top_k=3)
+    ranker.warm_up()
+    ranked = ranker.run(query=query, documents=[HaystackDocument(content=t, id=f"d{i}") for i, t in enumerate(texts)])
+    want_ids = [f"d{r.index}" for r in expected]
+    want_scores = [r.score for r in expected]
+    assert [d.id for d in compressed] == want_ids
+    assert [d.metadata["relevance_score"] for d in compressed] == pytest.approx(want_scores, abs=1e-6)
+    assert [n.node.node_id for n in nodes] == want_ids
+    assert [n.score for n in nodes] == pytest.approx(want_scores, abs=1e-6)
+    assert [d.id for d in ranked["documents"]] == want_ids
+    assert [d.score for d in ranked["documents"]] == pytest.approx(want_scores, abs=1e-6)
+
+
 def test_errors_and_limits_are_the_servers(serve_url: str) -> None:
     bad = httpx.post(f"{serve_url}/rerank", json={"query": "q", "documents": ["ok", 7]}, timeout=30)
     assert bad.status_code == 422 and "documents[1]" in json.dumps(bad.json())

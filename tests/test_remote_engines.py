@@ -176,9 +176,11 @@ class InfinityStandIn(_Tracking):
 
 class VllmStandIn(_Tracking):
     """vLLM ``POST /score``, ``POST /v1/rerank`` and ``GET /v1/models`` for a pooling (seq-cls) model
-    (vllm/entrypoints/openai/serving_score.py): text_1 with each text_2 (1:1, 1:N, N:N); a decoder model scores the
-    concatenated text_1 + text_2, an encoder the tokenized pair; an input past ``max_model_len`` is a 400; the
-    sigmoid of the logit; ``/score`` answers in input order, ``/v1/rerank`` best first."""
+    (vllm/entrypoints/openai/serving_score.py, ``_run_scoring`` / ``_cross_encoding_score`` / ``do_rerank``): text_1
+    with each text_2 (1:1, 1:N, N:N); an encoder scores the tokenized pair (``tokenizer(text=t1, text_pair=t2)``), a
+    decoder the concatenated text_1 + text_2 (the same tokens as the pair for Qwen's tokenizer, which adds none); an
+    input past ``max_model_len`` is a 400; the sigmoid of the logit; ``/score`` answers in input order,
+    ``/v1/rerank`` best first (``top_n`` 0 or absent: all)."""
 
     def __init__(self, path: Path, *, model_id: str, max_model_len: int = 40960) -> None:
         super().__init__()

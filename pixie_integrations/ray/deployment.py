@@ -62,7 +62,9 @@ def build_app(
             "target_ongoing_requests": 8}``.
         ray_actor_options: Resources of each replica, e.g. ``{"num_gpus": 1}``, or ``{"num_gpus": 0.5}`` for two
             replicas per GPU; ``{"num_cpus": 2}`` on CPU.
-        max_ongoing_requests: Requests a replica takes at once before Ray queues them at the proxy.
+        max_ongoing_requests: Requests a replica takes at once before Ray queues them at the proxy. ``None``:
+            Ray's default (5), which also caps how many requests the server's in-replica batching can merge; raise
+            it (e.g. 32) for many small concurrent requests.
         name: The deployment's name.
         served_model_name: Passed to ``create_app``: the name clients see and may send as ``model``.
         api_key: Passed to ``create_app``: require ``Authorization: Bearer <api_key>``.
