@@ -140,7 +140,7 @@ def test_the_three_adapters_work_unchanged_against_ray_serve(
             [NodeWithScore(node=TextNode(text=t, id_=f"d{i}"), score=0.5) for i, t in enumerate(texts)],
             query_str=query,
         )
-    ranker = PixieRanker(model=str(tiny_reranker), api_base_url=serve_url, top_k=3)
+    ranker = PixieRanker(model=tiny_reranker.name, api_base_url=serve_url, top_k=3)  # the served name
     ranker.warm_up()
     ranked = ranker.run(query=query, documents=[HaystackDocument(content=t, id=f"d{i}") for i, t in enumerate(texts)])
     want_ids = [f"d{r.index}" for r in expected]
