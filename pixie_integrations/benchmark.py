@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .cpu import cpu_info, torch_build
 from .template import DEFAULT_INSTRUCTION, format_document, format_query
 
 __all__ = ["SHAPES", "WORKLOADS", "Workload", "build_random_model", "build_workload", "register", "run_benchmark"]
@@ -447,10 +448,65 @@ def _time_systems(
         )
         if cuda:
             stats[name]["peak_activation_memory_mb"] = peaks[name]
-    if not cuda:
-        for name in names:
-            stats[name]["process_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {n: stats[n] for n in names}, scores, failed
+
+
+def _rss_mb() -> float:
+    """This process's resident memory now (Linux), else its peak so far."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return _peak_rss_mb()
+
+
+def _peak_rss_mb() -> float:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB elsewhere
+
+
+def _memory_of_system(name: str, path: str, device: str, query: str, documents: list[str]) -> dict[str, float]:
+    """In a fresh process: load one system, score one query, and report that process's peak resident memory.
+
+    ``idle_rss_mb`` is the same process before loading (Python, torch and the libraries), so ``peak_rss_mb`` minus
+    it is what the system itself (weights, activations, its library's caches) costs.
+    """
+    import torch  # noqa: F401  (the baseline includes torch and transformers, as every system needs them)
+    import transformers  # noqa: F401
+
+    if name.partition(":")[0] in _CARD_SYSTEMS:
+        import sentence_transformers  # noqa: F401
+    idle = _rss_mb()
+    score = _systems([name], path, device)[name]()
+    score(query, documents)
+    peak = _peak_rss_mb()
+    return {"peak_rss_mb": peak, "idle_rss_mb": idle, "rss_over_idle_mb": peak - idle}
+
+
+def _measure_memory(
+    names: Sequence[str], path: str, device: str, workload: Workload, progress: _Progress | None
+) -> dict[str, dict[str, float]]:
+    """Each system's peak memory in a process of its own (so no system's memory counts against another's)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    context = multiprocessing.get_context("spawn")  # a fresh interpreter: nothing inherited from this process
+    out: dict[str, dict[str, float]] = {}
+    for name in names:
+        if progress is not None:
+            progress.doing(f"memory of {name} (own process)")
+        try:
+            with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+                out[name] = pool.submit(
+                    _memory_of_system, name, path, device, workload.queries[0], workload.documents[0]
+                ).result()
+        except Exception as exc:  # noqa: BLE001  (a system failing here fails, reported, in the timed run too)
+            logger.warning("memory of %s not measured: %s: %s", name, type(exc).__name__, exc)
+        if progress is not None:
+            progress.done()
+    return out
 
 
 def _percentile(values: Sequence[float], q: float) -> float:
@@ -473,6 +529,7 @@ def run_benchmark(
     seed: int = 0,
     show_progress: bool = True,
     model_dir: str | os.PathLike[str] | None = None,
+    memory: bool = True,
 ) -> dict[str, Any]:
     """Time each system on one workload and the same weights; report speed, memory and score differences.
 
@@ -487,6 +544,8 @@ def run_benchmark(
         queries, docs_per_query: Shrink the workload.
         repeats: Timed passes over the workload (after one untimed warm-up query).
         model_dir: Where to keep the random model (default: a temporary folder).
+        memory: Measure each system's peak resident memory in a process of its own (one more load and query per
+            system, before the timed run).
     """
     import torch
     from transformers import AutoTokenizer
@@ -511,12 +570,16 @@ def run_benchmark(
             for d in docs
         )
         factories = _systems(systems, model, device_name)
-        # Steps: each system's load and warm-up, then one per system and query.
-        progress = _Progress(len(factories) * (2 + len(work.queries) * repeats), enabled=show_progress)
+        # Steps: each system's memory run, load and warm-up, then one per system and query.
+        steps = len(factories) * (2 + int(memory) + len(work.queries) * repeats)
+        progress = _Progress(steps, enabled=show_progress)
         try:
+            memory_of = _measure_memory(list(factories), model, device_name, work, progress) if memory else {}
             results, all_scores, failed = _time_systems(factories, work, device_name, repeats, progress)
         finally:
             progress.close()
+        for name, stats in results.items():
+            stats.update(memory_of.get(name, {}))
         for stats in results.values():
             stats["tokens_per_s"] = input_tokens * repeats / stats["seconds"]
         if not results:
@@ -586,12 +649,29 @@ def _machine(device: str) -> dict[str, Any]:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_info().as_dict(),
         "cpu_threads": torch.get_num_threads(),
+        "torch_build": torch_build(),
     }
     if device.startswith("cuda"):
         info["gpu"] = torch.cuda.get_device_name()
     return info
+
+
+def _machine_line(machine: dict[str, Any]) -> str:
+    """CPU model, class, ISA flags, threads and torch build, in one line."""
+    cpu = machine.get("cpu")
+    build = machine.get("torch_build", {})
+    if not isinstance(cpu, dict):  # results written before the CPU was recorded
+        return f"cpu: {cpu}, {machine.get('cpu_threads')} threads, torch {machine.get('torch')}"
+    libs = ", ".join(
+        f"{lib} {build[key]}" for lib, key in (("MKL", "mkl_version"), ("oneDNN", "onednn_version")) if key in build
+    )
+    return (
+        f"cpu: {cpu['model']} (class {cpu['class']}; {', '.join(cpu['flags']) or 'no flags of note'}), "
+        f"{machine.get('cpu_threads')} threads; torch {machine.get('torch')}"
+        + (f" ({libs}, kernels {build.get('cpu_capability')})" if build else "")
+    )
 
 
 def format_table(result: dict[str, Any]) -> str:
@@ -603,17 +683,23 @@ def format_table(result: dict[str, Any]) -> str:
             f"{result['workload']['mean_tokens_per_pair']:.0f} tokens/pair; model: {result['model']}; "
             f"device: {result['machine'].get('gpu', result['machine']['device'])}"
         ),
+        _machine_line(result["machine"]),
         "",
-        f"| system | pairs/s | tokens/s | p50 ms | p95 ms | speed-up vs {ref} | max |score diff| |",
-        "|---|---|---|---|---|---|---|",
+        f"| system | pairs/s | tokens/s | p50 ms | p95 ms | speed-up vs {ref} | max |score diff| | peak RSS MB |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, s in result["systems"].items():
+        rss = f"{s['peak_rss_mb']:.0f}" if "peak_rss_mb" in s else "-"
         lines.append(
             f"| {name} | {s['pairs_per_s']:.1f} | {s['tokens_per_s']:.0f} | {s['latency_p50_ms']:.0f} | "
-            f"{s['latency_p95_ms']:.0f} | {s['speedup_vs_' + ref]:.2f}x | {s['max_abs_score_diff_vs_' + ref]:.2e} |"
+            f"{s['latency_p95_ms']:.0f} | {s['speedup_vs_' + ref]:.2f}x | {s['max_abs_score_diff_vs_' + ref]:.2e} | "
+            f"{rss} |"
         )
     for name, error in result.get("failed", {}).items():
-        lines.append(f"| {name} | failed: {error[:80]} | | | | | |")
+        lines.append(f"| {name} | failed: {error[:80]} | | | | | | |")
+    if any("peak_rss_mb" in s for s in result["systems"].values()):
+        lines.append("")
+        lines.append("peak RSS: each system loaded and run on one query in a process of its own.")
     return "\n".join(lines)
 
 
@@ -653,6 +739,7 @@ def _run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         seed=args.seed,
         show_progress=not args.no_progress,
         model_dir=args.model_dir,
+        memory=not args.no_memory,
     )
 
 
@@ -686,4 +773,9 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", help="also write the result as JSON here")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument(
+        "--no-memory",
+        action="store_true",
+        help="skip the per-system memory runs (each system loaded and run once in a process of its own)",
+    )
     parser.set_defaults(func=_run)

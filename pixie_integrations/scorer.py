@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .batching import plan_pair_batches
+from .cpu import cpu_defaults, log_cpu_path_once
 from .encoding import EncodedPair, PairEncoder, check_max_doc_tokens
 from .families import ModelFamily
 from .loading import LoadedModel, load_model
@@ -27,8 +28,8 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "telepix/PIXIE-Spell-Reranker-Preview-0.6B"
 
-# Padded tokens per forward pass. Large batches feed a GPU; on CPU small ones win (PERFORMANCE-NOTES.md).
-_DEFAULT_TOKEN_BUDGET = {"cuda": 16384, "mps": 8192, "cpu": 1024}
+# Padded tokens per forward pass. Large batches feed a GPU; on CPU small ones win (per CPU class: cpu.py).
+_DEFAULT_TOKEN_BUDGET = {"cuda": 16384, "mps": 8192}
 # Above this many pairs a progress bar is worth showing (when show_progress_bar is left to decide).
 _PROGRESS_MIN_PAIRS = 2000
 
@@ -119,14 +120,20 @@ class PixieScorer:
             config_kwargs=config_kwargs,
         )
         self.instruction = instruction
-        self.token_budget = token_budget or _DEFAULT_TOKEN_BUDGET.get(self.device.type, 2048)
+        cpu = self.device.type == "cpu"
+        if token_budget is None:
+            token_budget = cpu_defaults().token_budget if cpu else _DEFAULT_TOKEN_BUDGET.get(self.device.type, 2048)
+        self.token_budget = token_budget
         self.batch_size = batch_size
         self.show_progress_bar = show_progress_bar
         self._encoder = PairEncoder(self._loaded, max_length=max_length)
         self._runner = ModelRunner(self._loaded, compile=compile)
         if reuse_prefix is None:
-            reuse_prefix = self.device.type != "cuda"
+            reuse_prefix = cpu_defaults().reuse_prefix if cpu else self.device.type != "cuda"
         self.reuse_prefix = reuse_prefix and self._runner.supports_shared_prefix
+        if cpu:
+            dtype_name = str(self.dtype).removeprefix("torch.")
+            log_cpu_path_once(dtype_name, self.token_budget, self.reuse_prefix, torch.get_num_threads())
         if self.family is ModelFamily.ENCODER and instruction != DEFAULT_INSTRUCTION:
             logger.warning("%s is an encoder cross-encoder: it takes no prompt, so the instruction is ignored.", model)
 

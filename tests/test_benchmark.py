@@ -35,6 +35,7 @@ def test_run_benchmark_times_the_card_path_and_ours_on_the_same_weights(tmp_path
         repeats=2,
         show_progress=False,
         model_dir=tmp_path / "tiny",
+        memory=False,
     )
     systems = result["systems"]
     assert list(systems) == ["card-fp32", "pixie-fp32", "pixie:token_budget=256,reuse_prefix=false", "pixie"]
@@ -73,8 +74,19 @@ def test_bench_command_writes_json(tmp_path: Path, capsys: pytest.CaptureFixture
         ]
     )
     assert code == 0
-    assert "| pixie |" in capsys.readouterr().out
-    assert set(json.loads(out.read_text())["systems"]) == {"pixie-fp32", "pixie"}
+    table = capsys.readouterr().out
+    assert "| pixie |" in table
+    result = json.loads(out.read_text())
+    assert set(result["systems"]) == {"pixie-fp32", "pixie"}
+    # The machine is named: CPU model, class, ISA flags, threads, torch build; the table says it too.
+    machine = result["machine"]
+    assert machine["cpu"]["model"] and machine["cpu"]["class"] in table and machine["cpu"]["model"] in table
+    assert isinstance(machine["cpu"]["flags"], list) and machine["torch_build"]["version"] == machine["torch"]
+    assert machine["cpu_threads"] >= 1
+    # Memory per system, each measured in a process of its own, against that process before loading.
+    for stats in result["systems"].values():
+        assert stats["peak_rss_mb"] >= stats["idle_rss_mb"] > 0 and stats["rss_over_idle_mb"] > 0
+    assert "peak RSS MB" in table
 
 
 def test_unknown_system_is_an_error(tmp_path: Path) -> None:
