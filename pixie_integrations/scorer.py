@@ -45,7 +45,7 @@ class PixieScorer:
         device: ``"cuda"``, ``"cuda:1"``, ``"mps"``, ``"cpu"`` or a ``torch.device``; ``None`` picks cuda, then mps,
             then cpu.
         dtype: A ``torch.dtype`` or its name (``"float32"``, ``"bfloat16"``, ``"float16"``). ``None`` picks bfloat16
-            on CUDA and on CPUs with bf16 matrix units, float32 elsewhere. Use ``"float32"`` to reproduce the model
+            on CUDA and on CPUs with bf16 matrix units (AMX, AVX512-BF16), float32 elsewhere. Use ``"float32"`` to reproduce the model
             card's printed scores to 1e-5; the sigmoid always runs in float32.
         max_length: Most tokens of one whole (query, document) input, template included. ``None``: the model's own
             limit (40960 for PIXIE). Longer inputs lose the end of the document only; the template is never cut.
@@ -70,8 +70,11 @@ class PixieScorer:
             key/value cache for all of that query's documents. Same scores, a fifth less compute. ``None``: on for
             CPU and MPS, off on CUDA, where the cache-extended attention mask costs more than it saves (measured;
             see docs/performance.md).
-        compile: ``torch.compile`` the model (dynamic shapes). Several times faster on GPU once compiled, but the
-            first call compiles for minutes; shared by every scorer of the same loaded model.
+        compile: ``torch.compile`` the model with static shapes: each batch is padded up to one of a few
+            (rows x tokens) buckets, and each bucket compiles once, logged, on its first batch (seconds to minutes);
+            the compiled code is cached on disk (``$TORCHINDUCTOR_CACHE_DIR``, else the user's cache folder), so the
+            next process starts warm. Shared by every scorer of the same loaded model; prefix reuse is off by default
+            with it (a cached prefix runs eager).
     """
 
     def __init__(
@@ -127,9 +130,10 @@ class PixieScorer:
         self.batch_size = batch_size
         self.show_progress_bar = show_progress_bar
         self._encoder = PairEncoder(self._loaded, max_length=max_length)
-        self._runner = ModelRunner(self._loaded, compile=compile)
+        self._runner = ModelRunner(self._loaded, compile=compile, token_budget=self.token_budget)
         if reuse_prefix is None:
-            reuse_prefix = cpu_defaults().reuse_prefix if cpu else self.device.type != "cuda"
+            # Compiled batches have bucketed static shapes; a cached prefix (its length differs per query) runs eager.
+            reuse_prefix = not compile and (cpu_defaults().reuse_prefix if cpu else self.device.type != "cuda")
         self.reuse_prefix = reuse_prefix and self._runner.supports_shared_prefix
         if cpu:
             dtype_name = str(self.dtype).removeprefix("torch.")
