@@ -163,16 +163,12 @@ class CpuDefaults:
     why: str
 
 
-# Measured on the AMX class (docs/performance.md: budgets 512 to 16384, bf16 vs float32, prefix reuse on/off); the
+# Measured on the AMX class (docs/performance.md: budgets 512 to 4096, bf16 vs float32, prefix reuse on/off); the
 # AVX512-BF16 choice of bf16 comes from an AMD Zen 4 (bf16 GEMMs 2.2x float32 there) with the budget it was measured
 # at; the other classes keep float32, where bf16 is emulated and slower, and the budget of the earlier measurements.
 _DEFAULTS = {
     CpuClass.AMX: CpuDefaults(
-        "bfloat16",
-        4096,
-        True,
-        True,
-        "AMX tiles run bfloat16 matrix multiplies ~3x faster than float32, and faster still on larger batches",
+        "bfloat16", 1024, True, True, "AMX tiles run bfloat16 matrix multiplies ~3x faster than float32"
     ),
     CpuClass.AVX512_BF16: CpuDefaults(
         "bfloat16", 1024, True, True, "AVX512-BF16 runs bfloat16 matrix multiplies ~2.2x faster than float32"

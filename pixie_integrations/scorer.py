@@ -57,8 +57,8 @@ class PixieScorer:
         cache_dir: Where the Hub cache lives, if not the default.
         local_files_only: Never touch the network; load from the local cache or folder only.
         trust_remote_code: Allow checkpoints that ship their own modelling code (some encoder rerankers need it).
-        token_budget: Most padded tokens in one forward pass. ``None``: 16384 on CUDA, 8192 on MPS; on CPU 4096 with
-            AMX and 1024 elsewhere (measured per CPU class: docs/performance.md).
+        token_budget: Most padded tokens in one forward pass. ``None``: 16384 on CUDA, 8192 on MPS, 1024 on CPU
+            (small batches are faster on CPU, large ones on GPU; measured per CPU class: docs/performance.md).
             It bounds peak memory; a CUDA out-of-memory error splits the batch and retries.
         batch_size: Most pairs in one forward pass, on top of the token budget. ``None``: no cap.
         show_progress_bar: Show a tqdm bar over batches. ``None``: only for calls with many pairs.
