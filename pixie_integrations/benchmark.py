@@ -488,7 +488,8 @@ def _memory_of_system(name: str, path: str, device: str, query: str, documents: 
     score = _systems([name], path, device)[name]()
     score(query, documents)
     peak = _peak_rss_mb()
-    return {"peak_rss_mb": peak, "idle_rss_mb": idle, "rss_over_idle_mb": peak - idle}
+    # Peak includes loading (e.g. float32 weights cast to bfloat16); after_query is what stays resident to serve.
+    return {"peak_rss_mb": peak, "idle_rss_mb": idle, "rss_over_idle_mb": peak - idle, "rss_after_query_mb": _rss_mb()}
 
 
 def _measure_memory(
@@ -599,6 +600,7 @@ def run_benchmark(
 
     device_name = str(resolve_device(device))
     tmp: tempfile.TemporaryDirectory[str] | None = None
+    random_model = model is None
     if model is None:
         if model_dir is None:
             tmp = tempfile.TemporaryDirectory(prefix="pixie-bench-")
@@ -646,7 +648,7 @@ def run_benchmark(
                 "mean_tokens_per_pair": input_tokens / work.pairs,
                 **asdict(WORKLOADS[workload]),
             },
-            "model": model if tmp is None else f"random {shape}-shaped Qwen3 seq-cls",
+            "model": f"random {shape}-shaped Qwen3 seq-cls (seed {seed})" if random_model else model,
             "machine": _machine(device_name),
             "reference": reference,
             "systems": results,
@@ -748,7 +750,10 @@ def format_table(result: dict[str, Any]) -> str:
         lines.append(f"| {name} | failed: {error[:80]} | | | | | | | |")
     if any("peak_rss_mb" in s for s in result["systems"].values()):
         lines.append("")
-        lines.append("peak RSS: each system loaded and run on one query in a process of its own.")
+        lines.append(
+            "peak RSS: each system loaded and run on one query in a process of its own (loading included; the JSON "
+            "also has rss_after_query_mb)."
+        )
     return "\n".join(lines)
 
 
