@@ -68,8 +68,8 @@ class PixieScorer:
         config_kwargs: Extra keyword arguments for ``AutoConfig.from_pretrained`` (config attributes to override).
         reuse_prefix: Run the shared part of a query's inputs (system prompt, instruction, query) once and reuse its
             key/value cache for all of that query's documents. Same scores, a fifth less compute. ``None``: on for
-            CPU and MPS, off on CUDA, where the cache-extended attention mask costs more than it saves (measured;
-            see docs/performance.md).
+            CPU and MPS; off with ``compile=True``, and on CUDA, where the cache-extended attention mask costs more
+            than it saves (measured; see docs/performance.md).
         compile: ``torch.compile`` the model with static shapes: each batch is padded up to one of a few
             (rows x tokens) buckets, and each bucket compiles once, logged, on its first batch (seconds to minutes);
             the compiled code is cached on disk (``$TORCHINDUCTOR_CACHE_DIR``, else the user's cache folder), so the
