@@ -39,6 +39,11 @@ def main() -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(scorer)
+    if scorer.device.type == "cpu":  # what this CPU got, and why (also logged once at INFO)
+        from pixie_integrations.cpu import cpu_defaults, cpu_info
+
+        info, defaults = cpu_info(), cpu_defaults()
+        print(f"CPU: {info.model}, class {info.cpu_class.value}: default {defaults.dtype} ({defaults.why})")
     print("scores:", [round(s, 5) for s in scorer.score(QUERY, DOCUMENTS)])
     print("ranking:")
     for hit in scorer.rank(QUERY, DOCUMENTS, top_n=3):

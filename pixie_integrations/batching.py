@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from .encoding import EncodedPair
 
-__all__ = ["plan_batches", "plan_pair_batches"]
+__all__ = ["bucket_shape", "bucket_width", "plan_batches", "plan_pair_batches"]
 
 # A query with at least this many pairs in one plan runs its prompt prefix once, through the KV cache.
 MIN_SHARED_PREFIX = 2
@@ -65,3 +65,34 @@ def plan_pair_batches(
         lengths = [len(encoded[i]) for i in plain]
         plan += [([plain[j] for j in batch], False) for batch in plan_batches(lengths, token_budget, max_batch_size)]
     return plan
+
+
+# Bucketed shapes, for a compiled model: every batch is padded up to one of a few (rows, width) shapes, so the model
+# compiles once per bucket instead of once per batch. Widths step by powers of two and their midpoints (at most a
+# third of a row is padding); rows go up in powers of two, never past what the token budget allows.
+MIN_BUCKET_WIDTH = 16
+
+
+def bucket_width(width: int) -> int:
+    """The bucketed width of a batch whose longest row has ``width`` tokens: 16, 24, 32, 48, 64, 96, 128, ..."""
+    if width <= 0:
+        raise ValueError(f"width must be positive, got {width}")
+    bucket = MIN_BUCKET_WIDTH
+    while bucket < width:
+        # 2^k -> 1.5 * 2^k -> 2^(k+1)
+        bucket = bucket + bucket // 2 if bucket & (bucket - 1) == 0 else bucket + bucket // 3
+    return bucket
+
+
+def bucket_shape(rows: int, width: int, token_budget: int) -> tuple[int, int]:
+    """(rows, width) a batch of ``rows`` rows up to ``width`` tokens long is padded to before a compiled forward.
+
+    Padding rows and right-padded columns never change a real row's score (the model is causal and each row's head
+    reads its own last real token), so only speed depends on the bucket.
+    """
+    if rows <= 0:
+        raise ValueError(f"rows must be positive, got {rows}")
+    width = bucket_width(width)
+    bucket = 1 << (rows - 1).bit_length()
+    # Never pad past the budget with empty rows: cap at what the budget holds at this width (one value per width).
+    return max(rows, min(bucket, token_budget // width)), width

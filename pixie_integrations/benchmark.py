@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .cpu import cpu_info, torch_build
 from .template import DEFAULT_INSTRUCTION, format_document, format_query
 
 __all__ = [
@@ -466,7 +467,13 @@ def _time_systems(
                 progress.done()
                 progress.doing(f"warming up {name}")
             t0 = time.perf_counter()
-            score(workload.queries[0], workload.documents[0])  # kernels, allocator, compilation: not timed
+            # Kernels, allocator, compilation: not timed. A compiled system compiles once per shape bucket, so it
+            # warms up on every query (its compile time is then all in warmup_s, none in the timed run).
+            warm_up = list(zip(workload.queries, workload.documents))
+            if not parse_system(name)[1].get("compile", False):
+                warm_up = warm_up[:1]
+            for query, documents in warm_up:
+                score(query, documents)
             _sync(device)
             stats[name] = {"load_s": load_s, "warmup_s": time.perf_counter() - t0}
             systems[name] = score
@@ -510,10 +517,105 @@ def _time_systems(
         )
         if cuda:
             stats[name]["peak_activation_memory_mb"] = peaks[name]
-    if not cuda:
-        for name in names:
-            stats[name]["process_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {n: stats[n] for n in names}, scores, failed
+
+
+def _rss_mb() -> float:
+    """This process's resident memory now (Linux), else its peak so far."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return _peak_rss_mb()
+
+
+def _peak_rss_mb() -> float:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB elsewhere
+
+
+def _memory_of_system(name: str, path: str, device: str, query: str, documents: list[str]) -> dict[str, float]:
+    """In a fresh process: load one system, score one query, and report that process's peak resident memory.
+
+    ``idle_rss_mb`` is the same process before loading (Python, torch and the libraries), so ``peak_rss_mb`` minus
+    it is what the system itself (weights, activations, its library's caches) costs.
+    """
+    import torch  # noqa: F401  (the baseline includes torch and transformers, as every system needs them)
+    import transformers  # noqa: F401
+
+    if name.partition(":")[0] in _CARD_SYSTEMS:
+        import sentence_transformers  # noqa: F401
+    idle = _rss_mb()
+    score = _systems([name], path, device)[name]()
+    score(query, documents)
+    peak = _peak_rss_mb()
+    # Peak includes loading (e.g. float32 weights cast to bfloat16); after_query is what stays resident to serve.
+    return {"peak_rss_mb": peak, "idle_rss_mb": idle, "rss_over_idle_mb": peak - idle, "rss_after_query_mb": _rss_mb()}
+
+
+def _measure_memory(
+    names: Sequence[str], path: str, device: str, workload: Workload, progress: _Progress | None
+) -> dict[str, dict[str, float]]:
+    """Each system's peak memory in a process of its own (so no system's memory counts against another's)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    context = multiprocessing.get_context("spawn")  # a fresh interpreter: nothing inherited from this process
+    out: dict[str, dict[str, float]] = {}
+    for name in names:
+        if progress is not None:
+            progress.doing(f"memory of {name} (own process)")
+        try:
+            with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+                out[name] = pool.submit(
+                    _memory_of_system, name, path, device, workload.queries[0], workload.documents[0]
+                ).result()
+        except Exception as exc:  # noqa: BLE001  (a system failing here fails, reported, in the timed run too)
+            logger.warning("memory of %s not measured: %s: %s", name, type(exc).__name__, exc)
+        if progress is not None:
+            progress.done()
+    return out
+
+
+def kendall_tau(a: Sequence[float], b: Sequence[float]) -> float:
+    """Kendall's tau-b of two score lists (1: the same order; ties count as neither agreeing nor disagreeing)."""
+    concordant = discordant = ties_a = ties_b = 0
+    for i in range(len(a)):
+        for j in range(i + 1, len(a)):
+            da, db = a[i] - a[j], b[i] - b[j]
+            if da == 0 and db == 0:
+                continue
+            if da == 0:
+                ties_a += 1
+            elif db == 0:
+                ties_b += 1
+            elif (da > 0) == (db > 0):
+                concordant += 1
+            else:
+                discordant += 1
+    denominator = math.sqrt((concordant + discordant + ties_a) * (concordant + discordant + ties_b))
+    return (concordant - discordant) / denominator if denominator else 1.0
+
+
+def _ranking_agreement(
+    scores: Sequence[float], reference: Sequence[float], work: Workload, name: str, k: int = 10
+) -> dict[str, float]:
+    """How far a system's rankings agree with the reference's, per query: Kendall's tau and top-k overlap (mean)."""
+    taus, overlaps, start = [], [], 0
+    for documents in work.documents:
+        got, ref = scores[start : start + len(documents)], reference[start : start + len(documents)]
+        start += len(documents)
+        taus.append(kendall_tau(got, ref))
+        top = min(k, len(documents))
+        best = {i for i in sorted(range(len(got)), key=lambda i: -got[i])[:top]}
+        ref_best = {i for i in sorted(range(len(ref)), key=lambda i: -ref[i])[:top]}
+        overlaps.append(len(best & ref_best) / top)
+    return {
+        "kendall_tau_vs_" + name: statistics.mean(taus),
+        f"top{k}_overlap_vs_" + name: statistics.mean(overlaps),
+    }
 
 
 def _percentile(values: Sequence[float], q: float) -> float:
@@ -536,6 +638,7 @@ def run_benchmark(
     seed: int = 0,
     show_progress: bool = True,
     model_dir: str | os.PathLike[str] | None = None,
+    memory: bool = True,
 ) -> dict[str, Any]:
     """Time each system on one workload and the same weights; report speed, memory and score differences.
 
@@ -550,6 +653,8 @@ def run_benchmark(
         queries, docs_per_query: Shrink the workload.
         repeats: Timed passes over the workload (after one untimed warm-up query).
         model_dir: Where to keep the random model (default: a temporary folder).
+        memory: Measure each system's peak resident memory in a process of its own (one more load and query per
+            system, before the timed run).
     """
     import torch
     from transformers import AutoTokenizer
@@ -558,6 +663,7 @@ def run_benchmark(
 
     device_name = str(resolve_device(device))
     tmp: tempfile.TemporaryDirectory[str] | None = None
+    random_model = model is None
     if model is None:
         if model_dir is None:
             tmp = tempfile.TemporaryDirectory(prefix="pixie-bench-")
@@ -574,12 +680,16 @@ def run_benchmark(
             for d in docs
         )
         factories = _systems(systems, model, device_name)
-        # Steps: each system's load and warm-up, then one per system and query.
-        progress = _Progress(len(factories) * (2 + len(work.queries) * repeats), enabled=show_progress)
+        # Steps: each system's memory run, load and warm-up, then one per system and query.
+        steps = len(factories) * (2 + int(memory) + len(work.queries) * repeats)
+        progress = _Progress(steps, enabled=show_progress)
         try:
+            memory_of = _measure_memory(list(factories), model, device_name, work, progress) if memory else {}
             results, all_scores, failed = _time_systems(factories, work, device_name, repeats, progress)
         finally:
             progress.close()
+        for name, stats in results.items():
+            stats.update(memory_of.get(name, {}))
         for stats in results.values():
             stats["tokens_per_s"] = input_tokens * repeats / stats["seconds"]
         if not results:
@@ -591,6 +701,7 @@ def run_benchmark(
             stats["max_abs_score_diff_vs_" + reference] = max(
                 abs(a - b) for a, b in zip(all_scores[name], all_scores[reference])
             )
+            stats.update(_ranking_agreement(all_scores[name], all_scores[reference], work, reference))
         return {
             "workload": {
                 "name": workload,
@@ -600,7 +711,7 @@ def run_benchmark(
                 "mean_tokens_per_pair": input_tokens / work.pairs,
                 **asdict(WORKLOADS[workload]),
             },
-            "model": model if tmp is None else f"random {shape}-shaped Qwen3 seq-cls",
+            "model": f"random {shape}-shaped Qwen3 seq-cls (seed {seed})" if random_model else model,
             "machine": _machine(device_name),
             "reference": reference,
             "systems": results,
@@ -649,12 +760,29 @@ def _machine(device: str) -> dict[str, Any]:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_info().as_dict(),
         "cpu_threads": torch.get_num_threads(),
+        "torch_build": torch_build(),
     }
     if device.startswith("cuda"):
         info["gpu"] = torch.cuda.get_device_name()
     return info
+
+
+def _machine_line(machine: dict[str, Any]) -> str:
+    """CPU model, class, ISA flags, threads and torch build, in one line."""
+    cpu = machine.get("cpu")
+    build = machine.get("torch_build", {})
+    if not isinstance(cpu, dict):  # results written before the CPU was recorded
+        return f"cpu: {cpu}, {machine.get('cpu_threads')} threads, torch {machine.get('torch')}"
+    libs = ", ".join(
+        f"{lib} {build[key]}" for lib, key in (("MKL", "mkl_version"), ("oneDNN", "onednn_version")) if key in build
+    )
+    return (
+        f"cpu: {cpu['model']} (class {cpu['class']}; {', '.join(cpu['flags']) or 'no flags of note'}), "
+        f"{machine.get('cpu_threads')} threads; torch {machine.get('torch')}"
+        + (f" ({libs}, kernels {build.get('cpu_capability')})" if build else "")
+    )
 
 
 def format_table(result: dict[str, Any]) -> str:
@@ -666,17 +794,29 @@ def format_table(result: dict[str, Any]) -> str:
             f"{result['workload']['mean_tokens_per_pair']:.0f} tokens/pair; model: {result['model']}; "
             f"device: {result['machine'].get('gpu', result['machine']['device'])}"
         ),
+        _machine_line(result["machine"]),
         "",
-        f"| system | pairs/s | tokens/s | p50 ms | p95 ms | speed-up vs {ref} | max |score diff| |",
-        "|---|---|---|---|---|---|---|",
+        (
+            f"| system | pairs/s | tokens/s | p50 ms | p95 ms | speed-up vs {ref} | max |score diff| | Kendall tau | "
+            "peak RSS MB |"
+        ),
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, s in result["systems"].items():
+        rss = f"{s['peak_rss_mb']:.0f}" if "peak_rss_mb" in s else "-"
         lines.append(
             f"| {name} | {s['pairs_per_s']:.1f} | {s['tokens_per_s']:.0f} | {s['latency_p50_ms']:.0f} | "
-            f"{s['latency_p95_ms']:.0f} | {s['speedup_vs_' + ref]:.2f}x | {s['max_abs_score_diff_vs_' + ref]:.2e} |"
+            f"{s['latency_p95_ms']:.0f} | {s['speedup_vs_' + ref]:.2f}x | {s['max_abs_score_diff_vs_' + ref]:.2e} | "
+            f"{s.get('kendall_tau_vs_' + ref, float('nan')):.4f} | {rss} |"
         )
     for name, error in result.get("failed", {}).items():
-        lines.append(f"| {name} | failed: {error[:80]} | | | | | |")
+        lines.append(f"| {name} | failed: {error[:80]} | | | | | | | |")
+    if any("peak_rss_mb" in s for s in result["systems"].values()):
+        lines.append("")
+        lines.append(
+            "peak RSS: each system loaded and run on one query in a process of its own (loading included; the JSON "
+            "also has rss_after_query_mb)."
+        )
     return "\n".join(lines)
 
 
@@ -716,6 +856,7 @@ def _run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         seed=args.seed,
         show_progress=not args.no_progress,
         model_dir=args.model_dir,
+        memory=not args.no_memory,
     )
 
 
@@ -750,4 +891,9 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", help="also write the result as JSON here")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument(
+        "--no-memory",
+        action="store_true",
+        help="skip the per-system memory runs (each system loaded and run once in a process of its own)",
+    )
     parser.set_defaults(func=_run)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import socket
@@ -15,6 +14,7 @@ from urllib.parse import urlsplit
 
 import torch
 
+from .cpu import cpu_defaults, cpu_info
 from .families import ModelFamily, detect_family
 
 __all__ = ["LoadedModel", "ModelLoadError", "load_model", "resolve_device", "resolve_dtype"]
@@ -52,18 +52,13 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return torch.device("cpu")
 
 
-@functools.cache
 def cpu_has_bf16_matmul() -> bool:
     """Whether this CPU has native bfloat16 matrix units (AMX or AVX512-BF16), where bf16 beats float32."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
+    return cpu_info().has_bf16_matmul
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    """``None`` picks bfloat16 on CUDA and on CPUs with bf16 matrix units, float32 elsewhere."""
+    """``None`` picks bfloat16 on CUDA and on CPUs with bf16 matrix units (AMX, AVX512-BF16), float32 elsewhere."""
     if isinstance(dtype, torch.dtype):
         return dtype
     if isinstance(dtype, str):
@@ -78,8 +73,8 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
         raise TypeError(f"dtype must be a torch.dtype, a str or None, not {type(dtype).__name__}")
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device.type == "cpu" and cpu_has_bf16_matmul():
-        return torch.bfloat16
+    if device.type == "cpu":
+        return _DTYPE_NAMES[cpu_defaults().dtype]  # per CPU class: bf16 only where the CPU has bf16 matrix units
     return torch.float32
 
 

@@ -6,13 +6,18 @@ about a quarter of a typical input) goes through the model once, and its key/val
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
-from collections.abc import Sequence
+import os
+import threading
+import time
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
 
+from .batching import bucket_shape
 from .encoding import EncodedPair
 from .families import ModelFamily
 from .loading import LoadedModel
@@ -28,8 +33,10 @@ logger = logging.getLogger(__name__)
 class ModelRunner:
     """Computes float32 logits for batches of encoded pairs on the model's device."""
 
-    def __init__(self, loaded: LoadedModel, *, compile: bool = False) -> None:
+    def __init__(self, loaded: LoadedModel, *, compile: bool = False, token_budget: int = 1024) -> None:
         self._loaded = loaded
+        self._compile = compile
+        self._token_budget = token_budget
         model = loaded.model
         tokenizer = loaded.tokenizer
         pad = tokenizer.pad_token_id
@@ -71,25 +78,42 @@ class ModelRunner:
     def __call__(self, batch: Sequence[EncodedPair]) -> torch.Tensor:
         """Logits for whole inputs, one row each."""
         device = self._loaded.device
-        ids, mask, lengths = _pad([pair.input_ids for pair in batch], self._pad_id)
-        padded = bool((lengths < ids.shape[1]).any())
+        rows = [pair.input_ids for pair in batch]
+        if self._compile and self._loaded.family is not ModelFamily.ENCODER:
+            return self._run_bucketed(rows)
+        shape: dict[str, int] = {}
+        if self._compile:
+            n_rows, width = bucket_shape(len(rows), max(len(r) for r in rows), self._token_budget)
+            shape = {"n_rows": n_rows, "width": width}
+        ids, mask, lengths = _pad(rows, self._pad_id, **shape)
         if self._loaded.family is ModelFamily.ENCODER:
+            # Bidirectional: padding needs its mask here (padded rows and columns are masked out the same way).
             inputs = {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
             if batch[0].token_type_ids is not None:
-                types, _, _ = _pad([pair.token_type_ids or () for pair in batch], 0)
+                types, _, _ = _pad([pair.token_type_ids or () for pair in batch], 0, **shape)
                 inputs["token_type_ids"] = types.to(device)
-            return self._forward(**inputs).logits[:, 0].float().cpu()
-        hidden = self._forward(
-            input_ids=ids.to(device), attention_mask=mask.to(device) if padded else None, use_cache=False
-        ).last_hidden_state
+            with _compile_step(self._loaded, tuple(ids.shape)) if self._compile else contextlib.nullcontext():
+                logits = self._forward(**inputs).logits
+            return logits[: len(rows), 0].float().cpu()
+        # No attention mask: padding sits right of each row and attention is causal, so no real token ever sees a
+        # pad and the scores are those of a masked pass; SDPA then runs its causal kernel instead of a masked one.
+        hidden = self._forward(input_ids=ids.to(device), use_cache=False).last_hidden_state
         return self._head(hidden, lengths)
+
+    def _run_bucketed(self, rows: Sequence[Sequence[int]]) -> torch.Tensor:
+        """The compiled forward on a batch padded to its bucket (few distinct shapes: one compilation each)."""
+        n_rows, width = bucket_shape(len(rows), max(len(r) for r in rows), self._token_budget)
+        ids, _, lengths = _pad(rows, self._pad_id, n_rows=n_rows, width=width)
+        with _compile_step(self._loaded, (n_rows, width)):
+            hidden = self._forward(input_ids=ids.to(self._loaded.device), use_cache=False).last_hidden_state
+        return self._head(hidden, lengths)[: len(rows)]
 
     @torch.inference_mode()
     def encode_prefix(self, prefix: Sequence[int]) -> PrefixState:
         """Run a query's prefix (system prompt, instruction, query) once; its per-layer keys and values."""
         cache = _new_cache(self._loaded.model.config)
         ids = torch.tensor([list(prefix)], dtype=torch.long, device=self._loaded.device)
-        self._forward(input_ids=ids, use_cache=True, **{self._cache_kw: cache})  # fills the cache in place
+        self._backbone(input_ids=ids, use_cache=True, **{self._cache_kw: cache})  # fills the cache in place
         return [(layer.keys, layer.values) for layer in cache.layers]
 
     @torch.inference_mode()
@@ -100,12 +124,10 @@ class ModelRunner:
         for layer, (keys, values) in enumerate(state):
             size = (len(batch), -1, -1, -1)
             cache.update(keys.expand(size), values.expand(size), layer)
-        prefix_len = state[0][0].shape[-2]
-        ids, mask, lengths = _pad([pair.rest for pair in batch], self._pad_id)
-        mask = torch.cat([torch.ones((len(batch), prefix_len), dtype=torch.long), mask], dim=1)
-        hidden = self._forward(
-            input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=True, **{self._cache_kw: cache}
-        ).last_hidden_state
+        ids, _, lengths = _pad([pair.rest for pair in batch], self._pad_id)
+        # As in __call__, the right padding needs no mask: only the causal one, offset by the cached prefix.
+        # Eager even with compile=True: the cached prefix's length differs per query, so no shape bucket fits it.
+        hidden = self._backbone(input_ids=ids.to(device), use_cache=True, **{self._cache_kw: cache}).last_hidden_state
         return self._head(hidden, lengths)
 
     def _head(self, hidden: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -119,11 +141,15 @@ class ModelRunner:
         return logits.cpu()
 
 
-def _pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Right-pad rows of ids; returns (ids, attention mask, lengths) on the CPU."""
-    lengths = torch.tensor([len(r) for r in rows], dtype=torch.long)
-    width = int(lengths.max())
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+def _pad(
+    rows: Sequence[Sequence[int]], pad_id: int, *, n_rows: int | None = None, width: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-pad rows of ids (to ``n_rows`` x ``width`` if given; extra rows are all padding, length 1); returns
+    (ids, attention mask, lengths) on the CPU."""
+    n_rows = n_rows or len(rows)
+    lengths = torch.tensor([len(r) for r in rows] + [1] * (n_rows - len(rows)), dtype=torch.long)
+    width = width or int(lengths.max())
+    ids = torch.full((n_rows, width), pad_id, dtype=torch.long)
     for i, row in enumerate(rows):
         ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
     mask = (torch.arange(width).unsqueeze(0) < lengths.unsqueeze(1)).long()
@@ -137,11 +163,50 @@ def _new_cache(config: Any) -> Any:
 
 
 def _compiled(loaded: LoadedModel, backbone: torch.nn.Module) -> torch.nn.Module:
-    """One compiled backbone per loaded model: compilation takes minutes, so every scorer shares it."""
+    """One compiled backbone per loaded model, static shapes (one graph per shape bucket), shared by every scorer."""
     if loaded.compiled is None:
-        logger.info("Compiling %s with torch.compile(dynamic=True); the first batches are slow.", loaded.name)
-        loaded.compiled = torch.compile(backbone, dynamic=True)
+        cache = _inductor_cache_dir()
+        # Each bucket is one graph: allow as many as a budget's buckets, not dynamo's default of 8.
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, _MAX_BUCKETS)
+        logger.info(
+            "torch.compile for %s: static shapes, one compilation per batch-shape bucket (each takes seconds to "
+            "minutes the first time; compiled code is cached in %s, so later processes start warm).",
+            loaded.name,
+            cache,
+        )
+        loaded.compiled = torch.compile(backbone, dynamic=False)
     return loaded.compiled
+
+
+_MAX_BUCKETS = 256
+_compiled_shapes: dict[int, set[tuple[int, int]]] = {}
+_compiled_shapes_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def _compile_step(loaded: LoadedModel, shape: tuple[int, int]) -> Iterator[None]:
+    """Log a bucket's first (compiling) forward and how long it took; later forwards of that shape log nothing."""
+    with _compiled_shapes_lock:
+        seen = _compiled_shapes.setdefault(id(loaded), set())
+        first = shape not in seen
+        seen.add(shape)
+    if not first:
+        yield
+        return
+    logger.info("Compiling for batch shape %d x %d tokens (bucket %d of this model)...", *shape, len(seen))
+    start = time.perf_counter()
+    yield
+    logger.info("Batch shape %d x %d ready in %.1f s.", *shape, time.perf_counter() - start)
+
+
+def _inductor_cache_dir() -> str:
+    """Inductor's on-disk cache: ``$TORCHINDUCTOR_CACHE_DIR`` if set, else one under the user's cache folder."""
+    path = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if not path:
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        path = os.path.join(base, "pixie-integrations", "torchinductor")
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = path  # read by Inductor when it compiles
+    return path
 
 
 def _single_token_id(tokenizer: object, word: str) -> int:

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .batching import plan_pair_batches
+from .cpu import cpu_defaults, log_cpu_path_once
 from .encoding import EncodedPair, PairEncoder, check_max_doc_tokens
 from .families import ModelFamily
 from .loading import LoadedModel, load_model
@@ -27,8 +28,8 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "telepix/PIXIE-Spell-Reranker-Preview-0.6B"
 
-# Padded tokens per forward pass. Large batches feed a GPU; on CPU small ones win (measured: docs/performance.md).
-_DEFAULT_TOKEN_BUDGET = {"cuda": 16384, "mps": 8192, "cpu": 1024}
+# Padded tokens per forward pass. Large batches feed a GPU; on CPU small ones win (per CPU class: cpu.py).
+_DEFAULT_TOKEN_BUDGET = {"cuda": 16384, "mps": 8192}
 # Above this many pairs a progress bar is worth showing (when show_progress_bar is left to decide).
 _PROGRESS_MIN_PAIRS = 2000
 
@@ -44,7 +45,7 @@ class PixieScorer:
         device: ``"cuda"``, ``"cuda:1"``, ``"mps"``, ``"cpu"`` or a ``torch.device``; ``None`` picks cuda, then mps,
             then cpu.
         dtype: A ``torch.dtype`` or its name (``"float32"``, ``"bfloat16"``, ``"float16"``). ``None`` picks bfloat16
-            on CUDA and on CPUs with bf16 matrix units, float32 elsewhere. Use ``"float32"`` to reproduce the model
+            on CUDA and on CPUs with bf16 matrix units (AMX, AVX512-BF16), float32 elsewhere. Use ``"float32"`` to reproduce the model
             card's printed scores to 1e-5; the sigmoid always runs in float32.
         max_length: Most tokens of one whole (query, document) input, template included. ``None``: the model's own
             limit (40960 for PIXIE). Longer inputs lose the end of the document only; the template is never cut.
@@ -57,7 +58,7 @@ class PixieScorer:
         local_files_only: Never touch the network; load from the local cache or folder only.
         trust_remote_code: Allow checkpoints that ship their own modelling code (some encoder rerankers need it).
         token_budget: Most padded tokens in one forward pass. ``None``: 16384 on CUDA, 8192 on MPS, 1024 on CPU
-            (small batches are faster on CPU, large ones on GPU: docs/performance.md).
+            (small batches are faster on CPU, large ones on GPU; measured per CPU class: docs/performance.md).
             It bounds peak memory; a CUDA out-of-memory error splits the batch and retries.
         batch_size: Most pairs in one forward pass, on top of the token budget. ``None``: no cap.
         show_progress_bar: Show a tqdm bar over batches. ``None``: only for calls with many pairs.
@@ -67,10 +68,13 @@ class PixieScorer:
         config_kwargs: Extra keyword arguments for ``AutoConfig.from_pretrained`` (config attributes to override).
         reuse_prefix: Run the shared part of a query's inputs (system prompt, instruction, query) once and reuse its
             key/value cache for all of that query's documents. Same scores, a fifth less compute. ``None``: on for
-            CPU and MPS, off on CUDA, where the cache-extended attention mask costs more than it saves (measured;
-            see docs/performance.md).
-        compile: ``torch.compile`` the model (dynamic shapes). Several times faster on GPU once compiled, but the
-            first call compiles for minutes; shared by every scorer of the same loaded model.
+            CPU and MPS; off with ``compile=True``, and on CUDA, where the cache-extended attention mask costs more
+            than it saves (measured; see docs/performance.md).
+        compile: ``torch.compile`` the model with static shapes: each batch is padded up to one of a few
+            (rows x tokens) buckets, and each bucket compiles once, logged, on its first batch (seconds to minutes);
+            the compiled code is cached on disk (``$TORCHINDUCTOR_CACHE_DIR``, else the user's cache folder), so the
+            next process starts warm. Shared by every scorer of the same loaded model; prefix reuse is off by default
+            with it (a cached prefix runs eager).
     """
 
     def __init__(
@@ -119,14 +123,21 @@ class PixieScorer:
             config_kwargs=config_kwargs,
         )
         self.instruction = instruction
-        self.token_budget = token_budget or _DEFAULT_TOKEN_BUDGET.get(self.device.type, 2048)
+        cpu = self.device.type == "cpu"
+        if token_budget is None:
+            token_budget = cpu_defaults().token_budget if cpu else _DEFAULT_TOKEN_BUDGET.get(self.device.type, 2048)
+        self.token_budget = token_budget
         self.batch_size = batch_size
         self.show_progress_bar = show_progress_bar
         self._encoder = PairEncoder(self._loaded, max_length=max_length)
-        self._runner = ModelRunner(self._loaded, compile=compile)
+        self._runner = ModelRunner(self._loaded, compile=compile, token_budget=self.token_budget)
         if reuse_prefix is None:
-            reuse_prefix = self.device.type != "cuda"
+            # Compiled batches have bucketed static shapes; a cached prefix (its length differs per query) runs eager.
+            reuse_prefix = not compile and (cpu_defaults().reuse_prefix if cpu else self.device.type != "cuda")
         self.reuse_prefix = reuse_prefix and self._runner.supports_shared_prefix
+        if cpu:
+            dtype_name = str(self.dtype).removeprefix("torch.")
+            log_cpu_path_once(dtype_name, self.token_budget, self.reuse_prefix, torch.get_num_threads())
         if self.family is ModelFamily.ENCODER and instruction != DEFAULT_INSTRUCTION:
             logger.warning("%s is an encoder cross-encoder: it takes no prompt, so the instruction is ignored.", model)
 

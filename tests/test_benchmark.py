@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer
 
-from pixie_integrations.benchmark import build_workload, format_table, run_benchmark
+from pixie_integrations.benchmark import build_workload, format_table, kendall_tau, run_benchmark
 from pixie_integrations.cli import main
 
 
@@ -35,6 +35,7 @@ def test_run_benchmark_times_the_card_path_and_ours_on_the_same_weights(tmp_path
         repeats=2,
         show_progress=False,
         model_dir=tmp_path / "tiny",
+        memory=False,
     )
     systems = result["systems"]
     assert list(systems) == ["card-fp32", "pixie-fp32", "pixie:token_budget=256,reuse_prefix=false", "pixie"]
@@ -42,6 +43,9 @@ def test_run_benchmark_times_the_card_path_and_ours_on_the_same_weights(tmp_path
     # Same weights: our float32 path equals the model card's float32 path.
     assert systems["pixie-fp32"]["max_abs_score_diff_vs_card-fp32"] < 1e-5
     assert systems["pixie"]["max_abs_score_diff_vs_card-fp32"] < 2e-2
+    # Ranking agreement with the reference, per query: the float32 path ranks as the card does.
+    assert systems["pixie-fp32"]["kendall_tau_vs_card-fp32"] > 0.99
+    assert systems["pixie-fp32"]["top10_overlap_vs_card-fp32"] == 1.0
     for stats in systems.values():
         assert stats["pairs_per_s"] > 0 and stats["latency_p95_ms"] >= stats["latency_p50_ms"] > 0
     assert result["workload"]["pairs"] == 8
@@ -73,10 +77,28 @@ def test_bench_command_writes_json(tmp_path: Path, capsys: pytest.CaptureFixture
         ]
     )
     assert code == 0
-    assert "| pixie |" in capsys.readouterr().out
-    assert set(json.loads(out.read_text())["systems"]) == {"pixie-fp32", "pixie"}
+    table = capsys.readouterr().out
+    assert "| pixie |" in table
+    result = json.loads(out.read_text())
+    assert set(result["systems"]) == {"pixie-fp32", "pixie"}
+    # The machine is named: CPU model, class, ISA flags, threads, torch build; the table says it too.
+    machine = result["machine"]
+    assert machine["cpu"]["model"] and machine["cpu"]["class"] in table and machine["cpu"]["model"] in table
+    assert isinstance(machine["cpu"]["flags"], list) and machine["torch_build"]["version"] == machine["torch"]
+    assert machine["cpu_threads"] >= 1
+    # Memory per system, each measured in a process of its own, against that process before loading.
+    for stats in result["systems"].values():
+        assert stats["peak_rss_mb"] >= stats["idle_rss_mb"] > 0 and stats["rss_over_idle_mb"] > 0
+    assert "peak RSS MB" in table
 
 
 def test_unknown_system_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="Unknown system"):
         run_benchmark(shape="tiny", systems=("warp-drive",), device="cpu", show_progress=False, model_dir=tmp_path)
+
+
+def test_kendall_tau() -> None:
+    assert kendall_tau([1, 2, 3, 4], [10, 20, 30, 40]) == 1.0
+    assert kendall_tau([1, 2, 3, 4], [4, 3, 2, 1]) == -1.0
+    assert kendall_tau([1, 2, 3], [1, 3, 2]) == pytest.approx(1 / 3)
+    assert kendall_tau([1, 1, 2], [1, 2, 3]) == pytest.approx(2 / (3 * 2) ** 0.5)  # tau-b: ties shrink it
