@@ -126,6 +126,9 @@ def test_vllm_score_shapes(http: httpx.Client, tiny_scorer: PixieScorer, path: s
     n_to_n = http.post(path, json={"text_1": queries, "text_2": DOCS, "use_activation": False}).json()
     expected = tiny_scorer.score_pairs(list(zip(queries, DOCS, strict=True)), raw=True)
     assert [d["score"] for d in n_to_n["data"]] == pytest.approx(expected, abs=1e-5)
+    # A document that reads "text_1" is a document, not vLLM's field.
+    ours = http.post(path, json={"queries": QUERY, "documents": ["text_1", "text_2"]}).json()
+    assert ours["scores"] == pytest.approx(tiny_scorer.score(QUERY, ["text_1", "text_2"]), abs=1e-6)
     bad = http.post(path, json={"text_1": ["a", "b"], "text_2": ["x", "y", "z"]})
     assert bad.status_code == 422 and "1:1, 1:N or N:N" in bad.json()["error"]["message"]
 

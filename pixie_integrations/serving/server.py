@@ -32,6 +32,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import pydantic_core
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
@@ -230,10 +231,10 @@ def create_app(
         return JSONResponse(response.model_dump(exclude_none=True))
 
     async def score(request: Request) -> Any:
-        raw_body = await _read(request)
-        if b'"text_1"' in raw_body or b'"text_2"' in raw_body:
-            return await vllm_score(request, await _validate(raw_body, VllmScoreRequest))
-        body = await _validate(raw_body, PixieScoreRequest)
+        decoded = await _decode(request)
+        if isinstance(decoded, dict) and ("text_1" in decoded or "text_2" in decoded):  # vLLM's shape
+            return await vllm_score(request, _validate(decoded, VllmScoreRequest))
+        body = _validate(decoded, PixieScoreRequest)
         model = model_of(body.model)
         queries, documents = body.queries, body.documents
         if isinstance(queries, str) or len(queries) == 1:
@@ -415,24 +416,28 @@ def serve_in_thread(app: FastAPI, *, host: str = "127.0.0.1", start_timeout: flo
 
 
 # -- request handling ------------------------------------------------------------------------------------------------
-async def _read(request: Request) -> bytes:
-    return await request.body()  # BodySizeLimit has refused anything too large before this reads it
+async def _decode(request: Request) -> Any:
+    """The JSON body as Python objects (pydantic's parser: it refuses lone surrogates, which are not text)."""
+    raw = await request.body()  # BodySizeLimit has refused anything too large before this reads it
+    try:
+        if len(raw) > _PARSE_OFF_LOOP_BYTES:
+            return await run_in_threadpool(pydantic_core.from_json, raw)
+        return pydantic_core.from_json(raw)
+    except ValueError as exc:
+        raise ApiError(400, f"the body is not valid JSON: {exc}") from None
 
 
 async def _parse(request: Request, model: type[_T]) -> _T:
-    return await _validate(await _read(request), model)
+    return _validate(await _decode(request), model)
 
 
-async def _validate(raw: bytes, model: type[_T]) -> _T:
+def _validate(body: Any, model: type[_T]) -> _T:
     try:
-        if len(raw) > _PARSE_OFF_LOOP_BYTES:
-            return await run_in_threadpool(model.model_validate_json, raw)
-        return model.model_validate_json(raw)
+        return model.model_validate(body)
     except ValidationError as exc:
         errors = exc.errors(include_url=False)
-        status = 400 if any(e.get("type") == "json_invalid" for e in errors) else 422
         first = errors[0].get("loc", ()) if errors else ()
-        raise ApiError(status, _describe(errors), param=".".join(str(p) for p in first) or None) from None
+        raise ApiError(422, _describe(errors), param=".".join(str(p) for p in first) or None) from None
 
 
 def _check_sizes(pairs: list[tuple[str, str]], instruction: str | None, limits: ServerLimits) -> None:
