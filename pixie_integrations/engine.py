@@ -334,8 +334,6 @@ class ScoringEngine:
         return prefix_cache
 
     def _drop_if_gone(self, job: _Job) -> bool:
-        if job.left == 0 and job.encoded:
-            return True
         if not job.dropped():
             return False
         left = job.left if job.encoded else len(job.pairs)
@@ -352,18 +350,15 @@ class ScoringEngine:
 
     def _complete(self, job: _Job) -> None:
         assert job.logits is not None
-        values = job.logits if job.raw else torch.sigmoid(job.logits)
-        tokens = sum(len(pair) for pair in job.encoded)
-        if job.truncated:
-            logger.warning(
-                "%d of %d documents were longer than max_length=%d tokens with the template; their ends were cut.",
-                job.truncated,
-                len(job.pairs),
-                job.scorer.max_length,
-            )
-        self._finish(
-            job, ScoringResult(scores=[float(v) for v in values.tolist()], truncated=job.truncated, tokens=tokens)
+        scores = job.scorer._scores(
+            job.logits,
+            raw=job.raw,
+            truncated=job.truncated,
+            count=len(job.pairs),
+            max_length=job.encode_options.get("max_length"),
         )
+        tokens = sum(len(pair) for pair in job.encoded)
+        self._finish(job, ScoringResult(scores=scores, truncated=job.truncated, tokens=tokens))
 
     @staticmethod
     def _finish(job: _Job, outcome: ScoringResult | BaseException) -> None:

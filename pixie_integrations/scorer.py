@@ -332,19 +332,23 @@ class PixieScorer:
         check_max_doc_tokens(max_doc_tokens)  # also for empty input: a bad value is a bug either way
         if count == 0:
             return []
+        self._check_instruction(instruction)
         if instruction is None:
             instruction = self.instruction
-        elif not isinstance(instruction, str):
-            raise TypeError(f"instruction must be a str or None, not {type(instruction).__name__}")
         encoded, truncated = self._encoder.encode(list(pairs), instruction, max_doc_tokens=max_doc_tokens)
+        return self._scores(self._run(encoded), raw=raw, truncated=truncated, count=count)
+
+    def _scores(
+        self, logits: torch.Tensor, *, raw: bool, truncated: int, count: int, max_length: int | None = None
+    ) -> list[float]:
+        """Python floats from float32 logits (the sigmoid in float32), warning once per call about cut documents."""
         if truncated:
             logger.warning(
                 "%d of %d documents were longer than max_length=%d tokens with the template; their ends were cut.",
                 truncated,
                 count,
-                self.max_length,
+                self.max_length if max_length is None else min(max_length, self.max_length),
             )
-        logits = self._run(encoded)
         values = logits if raw else torch.sigmoid(logits)
         return [float(v) for v in values.tolist()]
 

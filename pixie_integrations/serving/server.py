@@ -34,7 +34,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import pydantic_core
 from fastapi import Depends, FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ValidationError
@@ -43,6 +42,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
 from ..engine import EngineOverloadedError, ScoringResult, ScoringTimeoutError
+from ..ranking import rank_by_score
 from .limits import BodySizeLimit, ServerLimits
 from .schemas import (
     PixieScoreRequest,
@@ -123,8 +123,7 @@ def create_app(
             bounds the model's batching engine, which every app and ``ascore`` caller of that model shares.
     """
     names = _served_names(served_model_name, scorer.model_name)
-    if api_key is not None and not api_key.strip():
-        raise ValueError("api_key is empty: pass a real key, or api_key=None to serve without one")
+    _check_api_key(api_key)
     limits = limits if limits is not None else ServerLimits()
     engine = scorer.engine
     engine.max_pending_pairs = limits.max_pending_pairs
@@ -140,11 +139,8 @@ def create_app(
         openapi_url=None,
     )
     app.state.scorer = scorer
-    app.state.engine = engine
-    app.state.limits = limits
     app.add_middleware(BodySizeLimit, max_bytes=limits.max_body_bytes)
     app.add_exception_handler(ApiError, _api_error)  # type: ignore[arg-type]
-    app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
     app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
     app.add_exception_handler(Exception, _internal_error)
 
@@ -166,25 +162,21 @@ def create_app(
         max_doc_tokens: int | None = None,
     ) -> ScoringResult:
         _check_sizes(pairs, instruction, limits)
-        options: dict[str, Any] = {}
-        if max_doc_tokens is not None:
-            options["max_doc_tokens"] = max_doc_tokens
-        if truncate_prompt_tokens is not None and truncate_prompt_tokens != -1:
-            if truncate_prompt_tokens <= 0:
-                raise ApiError(
-                    422,
-                    "truncate_prompt_tokens must be positive or -1 (the model's limit)",
-                    param="truncate_prompt_tokens",
-                )
-            options["max_length"] = min(truncate_prompt_tokens, scorer.max_length)
-        try:
-            job = asyncio.ensure_future(
-                engine.ascore(
-                    pairs, scorer=scorer, instruction=instruction, raw=raw, timeout=limits.request_timeout, **options
-                )
+        if truncate_prompt_tokens is not None and truncate_prompt_tokens <= 0 and truncate_prompt_tokens != -1:
+            raise ApiError(
+                422, "truncate_prompt_tokens must be positive or -1 (the model's limit)", param="truncate_prompt_tokens"
             )
-        except EngineOverloadedError as exc:
-            raise ApiError(503, str(exc), headers={"Retry-After": str(round(exc.retry_after))}) from None
+        job = asyncio.ensure_future(  # the encoder caps a per-request max_length at the scorer's own
+            engine.ascore(
+                pairs,
+                scorer=scorer,
+                instruction=instruction,
+                raw=raw,
+                timeout=limits.request_timeout,
+                max_length=None if truncate_prompt_tokens == -1 else truncate_prompt_tokens,
+                max_doc_tokens=max_doc_tokens,
+            )
+        )
         return await _unless_disconnected(request, job, limits.request_timeout)
 
     async def rerank(request: Request) -> Any:
@@ -203,16 +195,13 @@ def create_app(
             truncate_prompt_tokens=body.truncate_prompt_tokens,
             max_doc_tokens=body.max_tokens_per_doc,
         )
-        order = sorted(range(len(texts)), key=lambda i: -result.scores[i])
-        if body.top_n:
-            order = order[: body.top_n]
         results = [
             RerankResult(
-                index=i,
-                relevance_score=result.scores[i],
-                document=_echo(body.documents[i]) if body.return_documents else None,
+                index=hit.index,
+                relevance_score=hit.score,
+                document=_echo(body.documents[hit.index]) if body.return_documents else None,
             )
-            for i in order
+            for hit in rank_by_score(result.scores, texts, body.top_n or None)  # top_n 0: all
         ]
         warnings = _warnings(result, len(texts))
         if body.max_chunks_per_doc is not None:
@@ -237,12 +226,8 @@ def create_app(
         body = _validate(decoded, PixieScoreRequest)
         model = model_of(body.model)
         queries, documents = body.queries, body.documents
-        if isinstance(queries, str) or len(queries) == 1:
-            query = queries if isinstance(queries, str) else queries[0]
-            pairs = [(query, d) for d in documents]
-        elif len(queries) == len(documents):
-            pairs = list(zip(queries, documents, strict=True))
-        else:
+        pairs = _pair_up(queries, documents)
+        if pairs is None:
             raise ApiError(
                 422,
                 f"queries must be one string, a list of one, or a list as long as documents (pairwise); "
@@ -260,13 +245,8 @@ def create_app(
 
     async def vllm_score(request: Request, body: VllmScoreRequest) -> Any:
         model = model_of(body.model)
-        text_1 = [body.text_1] if isinstance(body.text_1, str) else body.text_1
-        text_2 = [body.text_2] if isinstance(body.text_2, str) else body.text_2
-        if len(text_1) == 1:
-            pairs = [(text_1[0], t) for t in text_2]
-        elif len(text_1) == len(text_2):
-            pairs = list(zip(text_1, text_2, strict=True))
-        else:  # vLLM's own rule and words
+        pairs = _pair_up(body.text_1, [body.text_2] if isinstance(body.text_2, str) else body.text_2)
+        if pairs is None:  # vLLM's own rule and words
             raise ApiError(422, "Input lengths must be either 1:1, 1:N or N:N", param="text_1")
         result = await run(
             request,
@@ -362,8 +342,7 @@ def serve(
         raise ImportError('serving needs uvicorn: pip install "pixie-integrations[serve]"') from exc
     from ..scorer import PixieScorer
 
-    if api_key is not None and not api_key.strip():
-        raise ValueError("api_key is empty: pass a real key, or api_key=None to serve without one")
+    _check_api_key(api_key)  # before the model loads
     scorer = PixieScorer(model, **scorer_settings)
     # The first forward pass pays for lazy initialisation (and compilation with compile=True): not a client's request.
     scorer.score("warm-up", ["warm-up"])
@@ -438,6 +417,21 @@ def _validate(body: Any, model: type[_T]) -> _T:
         errors = exc.errors(include_url=False)
         first = errors[0].get("loc", ()) if errors else ()
         raise ApiError(422, _describe(errors), param=".".join(str(p) for p in first) or None) from None
+
+
+def _pair_up(queries: str | list[str], documents: list[str]) -> list[tuple[str, str]] | None:
+    """One query against every document, or one query per document (pairwise); ``None`` if the counts disagree."""
+    if isinstance(queries, str) or len(queries) == 1:
+        query = queries if isinstance(queries, str) else queries[0]
+        return [(query, d) for d in documents]
+    if len(queries) == len(documents):
+        return list(zip(queries, documents, strict=True))
+    return None
+
+
+def _check_api_key(api_key: str | None) -> None:
+    if api_key is not None and not api_key.strip():
+        raise ValueError("api_key is empty: pass a real key, or api_key=None to serve without one")
 
 
 def _check_sizes(pairs: list[tuple[str, str]], instruction: str | None, limits: ServerLimits) -> None:
@@ -557,10 +551,6 @@ async def _api_error(request: Request, exc: ApiError) -> Response:
     return _error_response(exc.status, exc.message, param=exc.param, headers=exc.headers)
 
 
-async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
-    return _error_response(422, _describe(exc.errors()))
-
-
 async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
     message = str(exc.detail)
     if exc.status_code == 404:
@@ -593,9 +583,6 @@ def _bearer_check(api_key: str) -> Callable[[Request], None]:
 def _describe(errors: Sequence[Any]) -> str:
     parts = []
     for error in errors:
-        if error.get("type") == "json_invalid":
-            parts.append(f"the body is not valid JSON: {str(error.get('msg', '')).removeprefix('Invalid JSON: ')}")
-            continue
         where = ".".join(str(part) for part in error.get("loc", ()) if part != "body") or "body"
         message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
         if error.get("type") == "extra_forbidden":
