@@ -500,23 +500,12 @@ def _evaluate_model(
     )
     try:
         for chunk in _chunks(shortlist.run, _CHUNK_PAIRS):
-            items = [
-                (
-                    qid,
-                    doc_id,
-                    ScoreCache.key(model_key, instruction, _query_text(dataset, qid), dataset.document_text(doc_id)),
-                )
-                for qid in chunk
-                for doc_id in shortlist.run[qid]
-            ]
-            found = cache.get_many([key for _, _, key in items])
+            items, found, missing = _look_up(
+                dataset, {qid: shortlist.run[qid] for qid in chunk}, cache, model_key, instruction
+            )
             chunk_hits = sum(1 for _, _, key in items if key in found)
             hits += chunk_hits
             progress.update(chunk_hits)
-            missing: dict[bytes, tuple[str, str]] = {}
-            for qid, doc_id, key in items:
-                if key not in found and key not in missing:
-                    missing[key] = (_query_text(dataset, qid), dataset.document_text(doc_id))
             if missing:
                 if scorer is None:
                     logger.info("Loading %s.", model_id)
@@ -569,6 +558,23 @@ def _evaluate_model(
     )
 
 
+def _look_up(
+    dataset: BeirDataset, run: Mapping[str, Sequence[str]], cache: ScoreCache, model_key: str, instruction: str
+) -> tuple[list[tuple[str, str, bytes]], dict[bytes, float], dict[bytes, tuple[str, str]]]:
+    """The cache key of each (query id, document id), the scores the cache holds, and the distinct pairs it lacks."""
+    items = [
+        (qid, doc_id, ScoreCache.key(model_key, instruction, _query_text(dataset, qid), dataset.document_text(doc_id)))
+        for qid, docs in run.items()
+        for doc_id in docs
+    ]
+    found = cache.get_many([key for _, _, key in items])
+    missing: dict[bytes, tuple[str, str]] = {}
+    for qid, doc_id, key in items:
+        if key not in found and key not in missing:
+            missing[key] = (_query_text(dataset, qid), dataset.document_text(doc_id))
+    return items, found, missing
+
+
 def _evaluate_model_on_ray(
     model_id: str,
     name: str,
@@ -585,17 +591,8 @@ def _evaluate_model_on_ray(
     """:func:`_evaluate_model`'s work with the pairs the cache lacks scored in one Ray Data job (same keys, scores)."""
     started = time.perf_counter()
     model_key = _model_key(model_id, scorer_options)
-    items = [
-        (qid, doc_id, ScoreCache.key(model_key, instruction, _query_text(dataset, qid), dataset.document_text(doc_id)))
-        for qid, docs in shortlist.run.items()
-        for doc_id in docs
-    ]
-    found = cache.get_many([key for _, _, key in items])
+    items, found, missing = _look_up(dataset, shortlist.run, cache, model_key, instruction)
     hits = sum(1 for _, _, key in items if key in found)
-    missing: dict[bytes, tuple[str, str]] = {}
-    for qid, doc_id, key in items:
-        if key not in found and key not in missing:
-            missing[key] = (_query_text(dataset, qid), dataset.document_text(doc_id))
     if missing:
         logger.info("Scoring %d pairs with %s on Ray Data.", len(missing), model_id)
         scores = _score_pairs_on_ray(model_id, list(missing.values()), instruction, scorer_options, ray_options)
