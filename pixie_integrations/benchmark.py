@@ -309,10 +309,11 @@ _PIXIE_PRESETS: dict[str, dict[str, Any]] = {
     "pixie-fp32": {"dtype": "float32"},
     "pixie-noprefix": {"reuse_prefix": False},
     "pixie-compile": {"compile": True},
+    "pixie-padded": {"pack": False},
 }
 # PixieScorer settings a system name may set (pixie:key=value,...), by the kind of value each takes.
 _INT_SETTINGS = ("token_budget", "batch_size", "max_length")
-_BOOL_SETTINGS = ("reuse_prefix", "compile", "trust_remote_code")
+_BOOL_SETTINGS = ("reuse_prefix", "compile", "pack", "trust_remote_code")
 _STR_SETTINGS = ("dtype", "attn_implementation", "family", "revision", "instruction")
 _SETTINGS = tuple(sorted(_INT_SETTINGS + _BOOL_SETTINGS + _STR_SETTINGS))
 
@@ -647,7 +648,7 @@ def run_benchmark(
         model: A checkpoint to time; ``None`` builds a random one of ``shape`` (no download).
         shape: ``"pixie"`` (28 layers, PIXIE's FLOPs), ``"pixie-4l"`` (4 layers, for CPUs) or ``"tiny"``.
         systems: Which of ``card-fp32``, ``card-bf16`` (the model card's CrossEncoder path), ``pixie`` (defaults),
-            ``pixie-fp32``, ``pixie-noprefix``, ``pixie-compile`` to run. The first is the reference for ratios
+            ``pixie-fp32``, ``pixie-noprefix``, ``pixie-compile``, ``pixie-padded`` to run. The first is the reference for ratios
             and score differences.
         device: ``None`` picks cuda, mps, then cpu.
         queries, docs_per_query: Shrink the workload.
@@ -881,7 +882,7 @@ def register(subparsers: Any) -> None:
         type=_system_arg,
         default=["card-fp32", "card-bf16", "pixie"],
         help="systems to time; the first is the reference. card-fp32, card-bf16 (the model card's code), pixie, "
-        "pixie-fp32, pixie-noprefix, pixie-compile, or pixie:key=value,... for PixieScorer settings "
+        "pixie-fp32, pixie-noprefix, pixie-compile, pixie-padded, or pixie:key=value,... for PixieScorer settings "
         f"(e.g. pixie:token_budget=8192,compile=true; settings: {', '.join(_SETTINGS)}). Default: %(default)s",
     )
     parser.add_argument("--device", type=device, help="cpu, cuda, cuda:N or mps (default: the best available)")

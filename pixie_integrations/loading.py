@@ -91,8 +91,10 @@ class LoadedModel:
     # HF fast tokenizers keep truncation/padding state on the Rust side and raise "Already borrowed" when two
     # threads use one at once: tokenization takes this lock, forward passes do not need it.
     tokenizer_lock: threading.Lock = field(default_factory=threading.Lock)
-    compiled: Any = None
-    """The ``torch.compile``-d backbone, made on first use by a scorer that asked for it."""
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    """Held while a scorer changes the shared model (its attention function, its compiled forms)."""
+    compiled: dict[str, Any] = field(default_factory=dict)
+    """The ``torch.compile``-d backbone ("static" or "dynamic" shapes), made on first use by a scorer asking for it."""
     __weakref__: Any = field(default=None, init=False, repr=False, compare=False)
 
 

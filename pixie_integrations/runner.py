@@ -21,6 +21,7 @@ from .batching import bucket_shape
 from .encoding import EncodedPair
 from .families import ModelFamily
 from .loading import LoadedModel
+from .packing import enable_packed_attention, pack
 
 __all__ = ["ModelRunner", "PrefixState"]
 
@@ -33,7 +34,9 @@ logger = logging.getLogger(__name__)
 class ModelRunner:
     """Computes float32 logits for batches of encoded pairs on the model's device."""
 
-    def __init__(self, loaded: LoadedModel, *, compile: bool = False, token_budget: int = 1024) -> None:
+    def __init__(
+        self, loaded: LoadedModel, *, compile: bool = False, token_budget: int = 1024, pack: bool = False
+    ) -> None:
         self._loaded = loaded
         self._compile = compile
         self._token_budget = token_budget
@@ -65,9 +68,21 @@ class ModelRunner:
         # transformers 5.24 renamed `past_key_values` to `cache`; earlier 5.x releases only know the old name.
         parameters = inspect.signature(self._backbone.forward).parameters
         self._cache_kw = "cache" if "cache" in parameters else "past_key_values"
+        self.packs = pack and family.uses_template and self._enable_packing()
         self._forward = self._backbone
         if compile:
-            self._forward = _compiled(loaded, self._backbone)
+            self._forward = _compiled(loaded, self._backbone, dynamic=self.packs)
+
+    def _enable_packing(self) -> bool:
+        with self._loaded.lock:
+            if enable_packed_attention(self._loaded.model):
+                return True
+        logger.warning(
+            "%s: packed batches need SDPA attention without sliding windows (this model has %r); padding instead.",
+            self._loaded.name,
+            getattr(self._loaded.model.config, "_attn_implementation", None),
+        )
+        return False
 
     @property
     def supports_shared_prefix(self) -> bool:
@@ -79,6 +94,8 @@ class ModelRunner:
         """Logits for whole inputs, one row each."""
         device = self._loaded.device
         rows = [pair.input_ids for pair in batch]
+        if self.packs:
+            return self._run_packed(rows)
         if self._compile and self._loaded.family is not ModelFamily.ENCODER:
             return self._run_bucketed(rows)
         shape: dict[str, int] = {}
@@ -99,6 +116,16 @@ class ModelRunner:
         # pad and the scores are those of a masked pass; SDPA then runs its causal kernel instead of a masked one.
         hidden = self._forward(input_ids=ids.to(device), use_cache=False).last_hidden_state
         return self._head(hidden, lengths)
+
+    def _run_packed(self, rows: Sequence[Sequence[int]]) -> torch.Tensor:
+        """All rows in one packed sequence: no padding; attention stays within each row (packing.py)."""
+        packed = pack(rows)
+        inputs = packed.model_kwargs(self._loaded.device)
+        # Compiled with dynamic shapes: one compilation serves every packed batch.
+        step = _compile_step(self._loaded, "dynamic") if self._compile else contextlib.nullcontext()
+        with step:
+            hidden = self._forward(**inputs).last_hidden_state
+        return self._logits(hidden[0, packed.last.to(hidden.device)])
 
     def _run_bucketed(self, rows: Sequence[Sequence[int]]) -> torch.Tensor:
         """The compiled forward on a batch padded to its bucket (few distinct shapes: one compilation each)."""
@@ -132,10 +159,13 @@ class ModelRunner:
 
     def _head(self, hidden: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """The one-logit head at each row's last real token, in float32."""
-        assert self._head_weight is not None
         rows = torch.arange(hidden.shape[0], device=hidden.device)
-        last = hidden[rows, (lengths - 1).to(hidden.device)].float()
-        logits = last @ self._head_weight
+        return self._logits(hidden[rows, (lengths - 1).to(hidden.device)])
+
+    def _logits(self, last: torch.Tensor) -> torch.Tensor:
+        """The one-logit head on each pair's last hidden state (pairs x hidden), in float32, on the CPU."""
+        assert self._head_weight is not None
+        logits = last.float() @ self._head_weight
         if self._head_bias is not None:
             logits = logits + self._head_bias
         return logits.cpu()
@@ -162,29 +192,34 @@ def _new_cache(config: Any) -> Any:
     return DynamicCache(config=config)
 
 
-def _compiled(loaded: LoadedModel, backbone: torch.nn.Module) -> torch.nn.Module:
-    """One compiled backbone per loaded model, static shapes (one graph per shape bucket), shared by every scorer."""
-    if loaded.compiled is None:
+def _compiled(loaded: LoadedModel, backbone: torch.nn.Module, *, dynamic: bool) -> torch.nn.Module:
+    """One compiled backbone per loaded model and kind, shared by every scorer: static shapes (one graph per shape
+    bucket) for padded batches, dynamic shapes (one graph) for packed ones."""
+    key = "dynamic" if dynamic else "static"
+    if key not in loaded.compiled:
         cache = _inductor_cache_dir()
         # Each bucket is one graph: allow as many as a budget's buckets, not dynamo's default of 8.
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, _MAX_BUCKETS)
         logger.info(
-            "torch.compile for %s: static shapes, one compilation per batch-shape bucket (each takes seconds to "
-            "minutes the first time; compiled code is cached in %s, so later processes start warm).",
+            "torch.compile for %s: %s (seconds to minutes the first time; compiled code is cached in %s, so later "
+            "processes start warm).",
             loaded.name,
+            "packed batches, dynamic shapes: one compilation"
+            if dynamic
+            else "static shapes, one compilation per batch-shape bucket",
             cache,
         )
-        loaded.compiled = torch.compile(backbone, dynamic=False)
-    return loaded.compiled
+        loaded.compiled[key] = torch.compile(backbone, dynamic=dynamic)
+    return loaded.compiled[key]
 
 
 _MAX_BUCKETS = 256
-_compiled_shapes: dict[int, set[tuple[int, int]]] = {}
+_compiled_shapes: dict[int, set[tuple[int, int] | str]] = {}
 _compiled_shapes_lock = threading.Lock()
 
 
 @contextlib.contextmanager
-def _compile_step(loaded: LoadedModel, shape: tuple[int, int]) -> Iterator[None]:
+def _compile_step(loaded: LoadedModel, shape: tuple[int, int] | str) -> Iterator[None]:
     """Log a bucket's first (compiling) forward and how long it took; later forwards of that shape log nothing."""
     with _compiled_shapes_lock:
         seen = _compiled_shapes.setdefault(id(loaded), set())
@@ -193,10 +228,11 @@ def _compile_step(loaded: LoadedModel, shape: tuple[int, int]) -> Iterator[None]
     if not first:
         yield
         return
-    logger.info("Compiling for batch shape %d x %d tokens (bucket %d of this model)...", *shape, len(seen))
+    what = "packed batches (dynamic shapes)" if isinstance(shape, str) else f"batch shape {shape[0]} x {shape[1]} tokens"
+    logger.info("Compiling for %s (graph %d of this model)...", what, len(seen))
     start = time.perf_counter()
     yield
-    logger.info("Batch shape %d x %d ready in %.1f s.", *shape, time.perf_counter() - start)
+    logger.info("Compiled for %s in %.1f s.", what, time.perf_counter() - start)
 
 
 def _inductor_cache_dir() -> str:

@@ -14,6 +14,7 @@ from .cpu import cpu_defaults, log_cpu_path_once
 from .encoding import EncodedPair, PairEncoder, check_max_doc_tokens
 from .families import ModelFamily
 from .loading import LoadedModel, load_model
+from .packing import fast_kernel
 from .ranking import RankResult, check_top_n, rank_by_score
 from .runner import ModelRunner, PrefixState
 from .template import DEFAULT_INSTRUCTION
@@ -75,6 +76,10 @@ class PixieScorer:
             the compiled code is cached on disk (``$TORCHINDUCTOR_CACHE_DIR``, else the user's cache folder), so the
             next process starts warm. Shared by every scorer of the same loaded model; prefix reuse is off by default
             with it (a cached prefix runs eager).
+        pack: Run each batch as one packed sequence (no padding; attention stays within each pair, through a
+            variable-length FlashAttention kernel). ``None``: on where such a kernel exists (CUDA with bf16/fp16 and
+            torch >= 2.9, or the ``flash-attn`` package), off elsewhere. ``True`` on a CPU runs the same layout with
+            a slow per-pair attention loop (same scores; for testing). Template families only.
     """
 
     def __init__(
@@ -100,6 +105,7 @@ class PixieScorer:
         config_kwargs: dict[str, Any] | None = None,
         reuse_prefix: bool | None = None,
         compile: bool = False,
+        pack: bool | None = None,
     ) -> None:
         if not isinstance(instruction, str):
             raise TypeError(f"instruction must be a str, not {type(instruction).__name__}")
@@ -130,7 +136,11 @@ class PixieScorer:
         self.batch_size = batch_size
         self.show_progress_bar = show_progress_bar
         self._encoder = PairEncoder(self._loaded, max_length=max_length)
-        self._runner = ModelRunner(self._loaded, compile=compile, token_budget=self.token_budget)
+        kernel = fast_kernel(self.device, self.dtype)
+        if pack is None:
+            pack = kernel is not None
+        self._runner = ModelRunner(self._loaded, compile=compile, token_budget=self.token_budget, pack=pack)
+        self.pack = self._runner.packs
         if reuse_prefix is None:
             # Compiled batches have bucketed static shapes; a cached prefix (its length differs per query) runs eager.
             reuse_prefix = not compile and (cpu_defaults().reuse_prefix if cpu else self.device.type != "cuda")
@@ -138,6 +148,17 @@ class PixieScorer:
         if cpu:
             dtype_name = str(self.dtype).removeprefix("torch.")
             log_cpu_path_once(dtype_name, self.token_budget, self.reuse_prefix, torch.get_num_threads())
+        elif self.device.type == "cuda":
+            logger.info(
+                "%s on %s: %s, %s, token budget %d, compile=%s, prefix reuse %s.",
+                self.model_name,
+                torch.cuda.get_device_name(self.device),
+                str(self.dtype).removeprefix("torch."),
+                f"packed batches ({kernel})" if self.pack else "padded batches",
+                self.token_budget,
+                compile,
+                "on" if self.reuse_prefix else "off",
+            )
         if self.family is ModelFamily.ENCODER and instruction != DEFAULT_INSTRUCTION:
             logger.warning("%s is an encoder cross-encoder: it takes no prompt, so the instruction is ignored.", model)
 

@@ -1,0 +1,232 @@
+"""Packed batches: every pair of a batch in one row, no padding, attention kept within each pair.
+
+A padded batch spends compute on pad tokens and its shape changes with every batch. A packed batch concatenates the
+pairs into one sequence (positions restart at 0 for each pair, so rotary embeddings see what they see alone) and
+runs attention per pair through a variable-length kernel: PyTorch's ``varlen_attn`` (its FlashAttention kernel; CUDA,
+bf16/fp16), else the ``flash-attn`` package's ``flash_attn_varlen_func`` where installed. Elsewhere (CPU, MPS, old
+torch) a per-pair loop over SDPA computes the same thing slowly; it exists so that the packing logic is testable
+anywhere, and :func:`fast_kernel` tells the scorer not to pack by default there.
+
+The model keeps its own attention for every unpacked call: the attention function registered here hands those to
+transformers' SDPA function, with SDPA's masks.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+__all__ = ["PACKED_ATTENTION", "PackedBatch", "enable_packed_attention", "fast_kernel", "pack"]
+
+logger = logging.getLogger(__name__)
+
+PACKED_ATTENTION = "pixie_packed"
+"""The attention implementation name this module registers with transformers."""
+
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def _torch_varlen() -> tuple[Callable[..., torch.Tensor] | None, frozenset[str]]:
+    try:
+        from torch.nn.attention.varlen import varlen_attn  # torch >= 2.9
+    except ImportError:
+        return None, frozenset()
+    params = frozenset(inspect.signature(varlen_attn).parameters)
+    # Causal is spelled `is_causal=True` in the first releases and `window_size=(-1, 0)` in later ones.
+    if "window_size" not in params and "is_causal" not in params:
+        return None, frozenset()
+    return varlen_attn, params
+
+
+def _flash_attn_varlen() -> Callable[..., torch.Tensor] | None:
+    try:
+        from flash_attn import flash_attn_varlen_func  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+    return flash_attn_varlen_func  # type: ignore[no-any-return]
+
+
+_VARLEN, _VARLEN_PARAMS = _torch_varlen()
+_FLASH_ATTN = _flash_attn_varlen()
+
+
+def fast_kernel(device: torch.device, dtype: torch.dtype) -> str | None:
+    """The variable-length attention kernel packed batches would use on ``device`` in ``dtype``, or ``None``."""
+    if device.type != "cuda" or dtype not in _HALF:
+        return None
+    major, _ = torch.cuda.get_device_capability(device)
+    if major < 8:  # FlashAttention 2 needs Ampere or newer
+        return None
+    if _VARLEN is not None:
+        return "torch varlen_attn"
+    if _FLASH_ATTN is not None:
+        return "flash_attn_varlen_func"
+    return None
+
+
+@dataclass(frozen=True)
+class PackedBatch:
+    """Model inputs of one packed batch, and where each pair's last token sits in it."""
+
+    input_ids: torch.Tensor
+    """(1, total tokens): the pairs one after another."""
+    position_ids: torch.Tensor
+    """(1, total tokens): 0, 1, ... restarting at each pair."""
+    cu_seq_lens: torch.Tensor
+    """(pairs + 1,) int32: where each pair starts, then the total."""
+    max_length: int
+    """The longest pair's length."""
+    last: torch.Tensor
+    """(pairs,): the index of each pair's last token."""
+
+    def model_kwargs(self, device: torch.device) -> dict[str, Any]:
+        """Keyword arguments for the backbone's forward: ids, positions, and the layout its attention reads."""
+        cu = self.cu_seq_lens.to(device)
+        return {
+            "input_ids": self.input_ids.to(device),
+            "position_ids": self.position_ids.to(device),
+            # A prepared mask mapping: transformers then builds no mask (packed attention needs none).
+            "attention_mask": {"full_attention": None},
+            "use_cache": False,
+            # transformers' own names for a packed layout (FlashAttentionKwargs), passed down to attention.
+            "cu_seq_lens_q": cu,
+            "cu_seq_lens_k": cu,
+            "max_length_q": self.max_length,
+            "max_length_k": self.max_length,
+        }
+
+
+def pack(rows: Sequence[Sequence[int]]) -> PackedBatch:
+    """Concatenate rows of token ids into one packed batch."""
+    if not rows:
+        raise ValueError("cannot pack an empty batch")
+    lengths = torch.tensor([len(r) for r in rows], dtype=torch.long)
+    if int(lengths.min()) <= 0:
+        raise ValueError("cannot pack an empty row")
+    ends = torch.cumsum(lengths, 0)
+    total = int(ends[-1])
+    starts = ends - lengths
+    ids = torch.empty(total, dtype=torch.long)
+    for start, row in zip(starts.tolist(), rows):
+        ids[start : start + len(row)] = torch.as_tensor(row, dtype=torch.long)
+    positions = torch.arange(total) - torch.repeat_interleave(starts, lengths)
+    cu = torch.zeros(len(rows) + 1, dtype=torch.int32)
+    cu[1:] = ends.to(torch.int32)
+    return PackedBatch(
+        input_ids=ids.unsqueeze(0),
+        position_ids=positions.unsqueeze(0),
+        cu_seq_lens=cu,
+        max_length=int(lengths.max()),
+        last=ends - 1,
+    )
+
+
+def enable_packed_attention(model: Any) -> bool:
+    """Switch ``model`` (an SDPA model) to the attention function that also runs packed batches.
+
+    Unpacked calls behave exactly as before (the same SDPA function and masks). Returns False, changing nothing,
+    where the model does not use SDPA or has sliding-window layers (their windows would need a mask per pair).
+    """
+    config = model.config
+    current = getattr(config, "_attn_implementation", None)
+    if current == PACKED_ATTENTION:
+        return True
+    if current != "sdpa":
+        return False
+    if "sliding_attention" in (getattr(config, "layer_types", None) or ()):
+        return False
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(PACKED_ATTENTION, packed_attention)
+    AttentionMaskInterface.register(PACKED_ATTENTION, sdpa_mask)
+    model.set_attn_implementation(PACKED_ATTENTION)
+    return config._attn_implementation == PACKED_ATTENTION  # type: ignore[no-any-return]
+
+
+def packed_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """transformers attention function: packed batches (``cu_seq_lens_q`` given) per pair, anything else as SDPA."""
+    cu_q = kwargs.get("cu_seq_lens_q")
+    if cu_q is None:
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
+    # (1, heads, tokens, dim) -> (tokens, heads, dim), the varlen layout.
+    q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))
+    out = varlen_causal(q, k, v, cu_q, kwargs["cu_seq_lens_k"], kwargs["max_length_q"], kwargs["max_length_k"], scaling)
+    return out.unsqueeze(0), None
+
+
+def varlen_causal(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_q: torch.Tensor,
+    cu_k: torch.Tensor,
+    max_q: int,
+    max_k: int,
+    scale: float | None,
+) -> torch.Tensor:
+    """Causal attention within each packed sequence; (tokens, heads, dim) in and out. Where a sequence has more keys
+    than queries, its queries are its last tokens (bottom-right alignment, as FlashAttention)."""
+    if q.is_cuda and q.dtype in _HALF:
+        if _VARLEN is not None:
+            extra: dict[str, Any] = {}
+            if "window_size" in _VARLEN_PARAMS:
+                extra["window_size"] = (-1, 0)
+            else:
+                extra["is_causal"] = True
+            if scale is not None and "scale" in _VARLEN_PARAMS:
+                extra["scale"] = scale
+            if k.shape[1] != q.shape[1]:
+                if "enable_gqa" in _VARLEN_PARAMS:
+                    extra["enable_gqa"] = True
+                else:
+                    k, v = (_repeat_heads(t, q.shape[1]) for t in (k, v))
+            return _VARLEN(q, k, v, cu_q, cu_k, max_q, max_k, **extra)
+        if _FLASH_ATTN is not None:  # handles grouped-query heads natively
+            return _FLASH_ATTN(q, k, v, cu_q, cu_k, max_q, max_k, softmax_scale=scale, causal=True)
+    return _reference_attention(q, k, v, cu_q, cu_k, scale)
+
+
+def _repeat_heads(t: torch.Tensor, heads: int) -> torch.Tensor:
+    return t.repeat_interleave(heads // t.shape[1], dim=1)
+
+
+# An opaque operator to torch.compile (like the CUDA kernels): a compiled packed model is one graph on any device.
+@torch.library.custom_op("pixie_integrations::packed_attention_reference", mutates_args=())
+def _reference_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_q: torch.Tensor, cu_k: torch.Tensor, scale: float | None
+) -> torch.Tensor:
+    """The same attention one sequence at a time with SDPA (any device and dtype): exact, and slow."""
+    k, v = (_repeat_heads(t, q.shape[1]) for t in (k, v))
+    out = torch.empty_like(q)
+    bounds_q, bounds_k = cu_q.tolist(), cu_k.tolist()
+    for i in range(len(bounds_q) - 1):
+        q0, q1, k0, k1 = bounds_q[i], bounds_q[i + 1], bounds_k[i], bounds_k[i + 1]
+        n_q, n_k = q1 - q0, k1 - k0
+        mask = torch.ones(n_q, n_k, dtype=torch.bool, device=q.device).tril(n_k - n_q)
+        seq = torch.nn.functional.scaled_dot_product_attention(
+            q[q0:q1].transpose(0, 1), k[k0:k1].transpose(0, 1), v[k0:k1].transpose(0, 1), attn_mask=mask, scale=scale
+        )
+        out[q0:q1] = seq.transpose(0, 1)
+    return out
+
+
+@_reference_attention.register_fake
+def _(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_q: torch.Tensor, cu_k: torch.Tensor, scale: float | None):
+    return torch.empty_like(q)
