@@ -69,6 +69,9 @@ class ModelRunner:
         parameters = inspect.signature(self._backbone.forward).parameters
         self._cache_kw = "cache" if "cache" in parameters else "past_key_values"
         self.packs = pack and family.uses_template and self._enable_packing()
+        # Packed batches are trusted once one has run: a first failure (a kernel this torch lacks, a signature it
+        # changed) falls back to padded batches, logged; a later failure is a real error and propagates.
+        self._packed_ran = False
         self._forward = self._backbone
         if compile:
             self._forward = _compiled(loaded, self._backbone, dynamic=self.packs)
@@ -95,7 +98,17 @@ class ModelRunner:
         device = self._loaded.device
         rows = [pair.input_ids for pair in batch]
         if self.packs:
-            return self._run_packed(rows)
+            try:
+                logits = self._run_packed(rows)
+            except torch.OutOfMemoryError:
+                raise  # the scorer splits the batch and retries
+            except Exception as exc:
+                if self._packed_ran:
+                    raise
+                self._stop_packing(exc)
+                return self(batch)
+            self._packed_ran = True
+            return logits
         if self._compile and self._loaded.family is not ModelFamily.ENCODER:
             return self._run_bucketed(rows)
         shape: dict[str, int] = {}
@@ -116,6 +129,16 @@ class ModelRunner:
         # pad and the scores are those of a masked pass; SDPA then runs its causal kernel instead of a masked one.
         hidden = self._forward(input_ids=ids.to(device), use_cache=False).last_hidden_state
         return self._head(hidden, lengths)
+
+    def _stop_packing(self, exc: Exception) -> None:
+        logger.warning(
+            "Packed batches failed on this setup (%s: %s); running padded batches instead (same scores).",
+            type(exc).__name__,
+            exc,
+        )
+        self.packs = False
+        if self._compile:  # the compiled graph was the packed one: pad to static buckets instead
+            self._forward = _compiled(self._loaded, self._backbone, dynamic=False)
 
     def _run_packed(self, rows: Sequence[Sequence[int]]) -> torch.Tensor:
         """All rows in one packed sequence: no padding; attention stays within each row (packing.py)."""

@@ -140,7 +140,6 @@ class PixieScorer:
         if pack is None:
             pack = kernel is not None
         self._runner = ModelRunner(self._loaded, compile=compile, token_budget=self.token_budget, pack=pack)
-        self.pack = self._runner.packs
         if reuse_prefix is None:
             # Compiled batches have bucketed static shapes; a cached prefix (its length differs per query) runs eager.
             reuse_prefix = not compile and (cpu_defaults().reuse_prefix if cpu else self.device.type != "cuda")
@@ -182,6 +181,11 @@ class PixieScorer:
     def dtype(self) -> torch.dtype:
         """The model's weight dtype (the sigmoid always runs in float32)."""
         return self._loaded.dtype
+
+    @property
+    def pack(self) -> bool:
+        """Whether batches run packed (see the ``pack`` argument; off after a failed first packed batch)."""
+        return self._runner.packs
 
     @property
     def max_length(self) -> int:

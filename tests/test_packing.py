@@ -1,0 +1,145 @@
+"""Packed batches: one sequence per batch, attention per pair; the same scores as padded batches."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+
+from pixie_integrations import PixieScorer
+from pixie_integrations import packing as packing_module
+from pixie_integrations.packing import PACKED_ATTENTION, fast_kernel, pack, varlen_causal
+from pixie_integrations.testing import SAMPLE_DOCUMENTS, SAMPLE_QUERIES
+
+# Lengths from a few tokens to a few hundred, Korean and English, so batches mix very different rows.
+DOCS = [*SAMPLE_DOCUMENTS, "x", "정밀 위성 영상 분석 " * 40, "satellite " * 90]
+PAIRS = [(q, d) for q in SAMPLE_QUERIES for d in DOCS]
+
+
+def _scorer(path: Path, **kwargs: object) -> PixieScorer:
+    # Each setting gets its own copy of the weights (a distinct config), so no test changes the shared model.
+    return PixieScorer(str(path), device="cpu", dtype="float32", config_kwargs={"test_pack": repr(kwargs)}, **kwargs)  # type: ignore[arg-type]
+
+
+def test_pack_lays_pairs_end_to_end_with_positions_restarting() -> None:
+    packed = pack([[5, 6, 7], [8], [9, 10]])
+    assert packed.input_ids.tolist() == [[5, 6, 7, 8, 9, 10]]
+    assert packed.position_ids.tolist() == [[0, 1, 2, 0, 0, 1]]
+    assert packed.cu_seq_lens.tolist() == [0, 3, 4, 6] and packed.cu_seq_lens.dtype == torch.int32
+    assert packed.last.tolist() == [2, 3, 5] and packed.max_length == 3
+    with pytest.raises(ValueError, match="empty"):
+        pack([])
+    with pytest.raises(ValueError, match="empty row"):
+        pack([[1], []])
+
+
+def test_varlen_attention_equals_attention_of_each_sequence_alone() -> None:
+    torch.manual_seed(0)
+    lengths, heads, kv_heads, dim = [5, 1, 9], 4, 2, 8
+    q = torch.randn(sum(lengths), heads, dim)
+    k, v = torch.randn(2, sum(lengths), kv_heads, dim)
+    cu = torch.tensor([0, 5, 6, 15], dtype=torch.int32)
+    out = varlen_causal(q, k, v, cu, cu, max(lengths), max(lengths), None)
+    for start, end in zip(cu[:-1].tolist(), cu[1:].tolist()):
+        alone = torch.nn.functional.scaled_dot_product_attention(
+            q[start:end].transpose(0, 1),
+            k[start:end].transpose(0, 1).repeat_interleave(2, 0),
+            v[start:end].transpose(0, 1).repeat_interleave(2, 0),
+            is_causal=True,
+        )
+        assert torch.allclose(out[start:end], alone.transpose(0, 1), atol=1e-6)
+    # More keys than queries: the queries are each sequence's last tokens (a cached prefix before them).
+    tail = varlen_causal(q[4:5], k[:5], v[:5], torch.tensor([0, 1]), torch.tensor([0, 5]), 1, 5, None)
+    assert torch.allclose(tail, out[4:5], atol=1e-6)
+
+
+def test_packed_scores_equal_padded_scores(tiny_reranker: Path) -> None:
+    padded = _scorer(tiny_reranker, pack=False, reuse_prefix=False)
+    packed = _scorer(tiny_reranker, pack=True, reuse_prefix=False)
+    assert packed.pack and not padded.pack
+    assert packed.model.config._attn_implementation == PACKED_ATTENTION
+    expected = padded.score_pairs(PAIRS)
+    assert packed.score_pairs(PAIRS) == pytest.approx(expected, abs=1e-5)
+    assert packed.score_pairs(PAIRS, raw=True) == pytest.approx(padded.score_pairs(PAIRS, raw=True), abs=1e-5)
+    # Many small batches, one pair per batch, a single pair: the layout holds at every size.
+    packed.token_budget = 256
+    assert packed.score_pairs(PAIRS) == pytest.approx(expected, abs=1e-5)
+    packed.batch_size = 1
+    assert packed.score_pairs(PAIRS[:3]) == pytest.approx(expected[:3], abs=1e-5)
+    assert packed.score(PAIRS[0][0], [PAIRS[0][1]]) == pytest.approx(expected[:1], abs=1e-5)
+
+
+def test_a_packing_model_keeps_its_unpacked_paths(tiny_reranker: Path, tiny_scorer: PixieScorer) -> None:
+    # The switched model runs prefix-reuse batches (a KV cache, SDPA with its mask) as it did before.
+    scorer = _scorer(tiny_reranker, pack=True, reuse_prefix=True)
+    assert scorer.pack and scorer.reuse_prefix
+    assert scorer.score_pairs(PAIRS) == pytest.approx(tiny_scorer.score_pairs(PAIRS), abs=1e-5)
+
+
+def test_packing_is_off_by_default_without_a_varlen_kernel(tiny_reranker: Path, tiny_encoder: Path) -> None:
+    assert fast_kernel(torch.device("cpu"), torch.bfloat16) is None
+    assert fast_kernel(torch.device("cpu"), torch.float32) is None
+    assert _scorer(tiny_reranker).pack is False
+    # Encoders are bidirectional: never packed, scores untouched.
+    encoder = PixieScorer(str(tiny_encoder), device="cpu", dtype="float32", pack=True)
+    assert encoder.pack is False
+    assert encoder.score("q", ["a", "b"]) == pytest.approx(
+        PixieScorer(str(tiny_encoder), device="cpu", dtype="float32").score("q", ["a", "b"]), abs=1e-6
+    )
+
+
+def test_packing_needs_sdpa(tiny_reranker: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="pixie_integrations.runner"):
+        scorer = _scorer(tiny_reranker, pack=True, attn_implementation="eager", reuse_prefix=False)
+    assert scorer.pack is False
+    assert "packed batches need SDPA" in caplog.text and "'eager'" in caplog.text
+    assert scorer.model.config._attn_implementation == "eager"
+    assert scorer.score_pairs(PAIRS[:4]) == pytest.approx(
+        _scorer(tiny_reranker, pack=False).score_pairs(PAIRS[:4]), abs=1e-5
+    )
+
+
+def test_a_first_packed_failure_falls_back_to_padding_once(
+    tiny_reranker: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    expected = _scorer(tiny_reranker, pack=False, reuse_prefix=False).score_pairs(PAIRS)
+    real = packing_module.varlen_causal
+
+    def missing_kernel(*args: object, **kwargs: object) -> torch.Tensor:
+        raise RuntimeError("no kernel image is available for execution on the device")
+
+    # A kernel that fails on the first batch (an old GPU, a changed signature): padded batches, logged, same scores.
+    monkeypatch.setattr(packing_module, "varlen_causal", missing_kernel)
+    scorer = _scorer(tiny_reranker, pack=True, reuse_prefix=False)
+    with caplog.at_level(logging.WARNING, logger="pixie_integrations.runner"):
+        assert scorer.score_pairs(PAIRS) == pytest.approx(expected, abs=1e-5)
+    assert scorer.pack is False
+    assert "Packed batches failed on this setup (RuntimeError: no kernel image" in caplog.text
+
+    # Once packed batches have run, a failure is a real error: it propagates.
+    monkeypatch.setattr(packing_module, "varlen_causal", real)
+    trusted = _scorer(tiny_reranker, pack=True, reuse_prefix=False, token_budget=512)
+    trusted.score_pairs(PAIRS[:2])
+    monkeypatch.setattr(packing_module, "varlen_causal", missing_kernel)
+    with pytest.raises(RuntimeError, match="no kernel image"):
+        trusted.score_pairs(PAIRS)
+    assert trusted.pack is True
+
+
+@pytest.mark.slow
+def test_compiled_packed_model_compiles_once_for_every_batch(
+    tiny_reranker: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    expected = _scorer(tiny_reranker, pack=False, reuse_prefix=False).score_pairs(PAIRS)
+    with caplog.at_level(logging.INFO, logger="pixie_integrations.runner"):
+        scorer = _scorer(tiny_reranker, pack=True, compile=True, token_budget=512)
+        assert scorer.pack and scorer.reuse_prefix is False
+        first = scorer.score_pairs(PAIRS)  # several batches of different sizes and widths
+        scorer.token_budget = 2048
+        again = scorer.score_pairs(PAIRS)
+    assert first == pytest.approx(expected, abs=1e-5) and again == pytest.approx(expected, abs=1e-5)
+    compiling = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Compiling for")]
+    assert compiling == ["Compiling for packed batches (dynamic shapes) (graph 1 of this model)..."]
