@@ -301,14 +301,14 @@ class ScoringEngine:
         batch, shared = next((b, s) for b, s in plan if 0 in b)
         pairs = [encoded[i] for i in batch]
         state = None
-        if shared:
+        if shared and not scorer._runner.packs:  # packed batches carry their prefix themselves
             prefix = pairs[0].prefix
             if prefix_cache is None or prefix_cache[0] != prefix:
                 prefix_cache = (prefix, scorer._runner.encode_prefix(prefix))
             state = prefix_cache[1]
         start = time.perf_counter()
         try:
-            logits = scorer._forward_splitting(pairs, state)
+            logits = scorer._forward_splitting(pairs, state, shared=shared)
         except Exception as exc:  # a failing forward fails the requests in it, not the worker
             logger.exception("A scoring batch of %d pairs failed", len(pairs))
             for job in {owners[i][0] for i in batch}:

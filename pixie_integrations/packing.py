@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["PACKED_ATTENTION", "PackedBatch", "enable_packed_attention", "fast_kernel", "pack"]
+__all__ = ["PACKED_ATTENTION", "PackedBatch", "enable_packed_attention", "fast_kernel", "pack", "pack_with_prefix"]
 
 logger = logging.getLogger(__name__)
 
@@ -71,58 +71,120 @@ def fast_kernel(device: torch.device, dtype: torch.dtype) -> str | None:
 
 @dataclass(frozen=True)
 class PackedBatch:
-    """Model inputs of one packed batch, and where each pair's last token sits in it."""
+    """Model inputs of one packed batch, and where each scored pair's last token sits in it.
+
+    Plain packing: every pair is one segment. With a shared prefix (:func:`pack_with_prefix`), the query's prefix is
+    a segment of its own, run once, and each document segment's keys are the prefix's followed by its own.
+    """
 
     input_ids: torch.Tensor
-    """(1, total tokens): the pairs one after another."""
+    """(1, total tokens): the segments one after another."""
     position_ids: torch.Tensor
-    """(1, total tokens): 0, 1, ... restarting at each pair."""
-    cu_seq_lens: torch.Tensor
-    """(pairs + 1,) int32: where each pair starts, then the total."""
-    max_length: int
-    """The longest pair's length."""
+    """(1, total tokens): each pair's positions, as if it ran alone."""
+    cu_seq_lens_q: torch.Tensor
+    """(segments + 1,) int32: where each segment's tokens start, then the total."""
+    cu_seq_lens_k: torch.Tensor
+    """(segments + 1,) int32: the same for the keys each segment attends to."""
+    max_length_q: int
+    max_length_k: int
     last: torch.Tensor
     """(pairs,): the index of each pair's last token."""
+    kv_index: torch.Tensor | None = None
+    """With a shared prefix: which token's key/value fills each key slot (prefix tokens repeat per document)."""
 
     def model_kwargs(self, device: torch.device) -> dict[str, Any]:
         """Keyword arguments for the backbone's forward: ids, positions, and the layout its attention reads."""
-        cu = self.cu_seq_lens.to(device)
-        return {
+        cu_q = self.cu_seq_lens_q.to(device)
+        kwargs: dict[str, Any] = {
             "input_ids": self.input_ids.to(device),
             "position_ids": self.position_ids.to(device),
             # A prepared mask mapping: transformers then builds no mask (packed attention needs none).
             "attention_mask": {"full_attention": None},
             "use_cache": False,
             # transformers' own names for a packed layout (FlashAttentionKwargs), passed down to attention.
-            "cu_seq_lens_q": cu,
-            "cu_seq_lens_k": cu,
-            "max_length_q": self.max_length,
-            "max_length_k": self.max_length,
+            "cu_seq_lens_q": cu_q,
+            "cu_seq_lens_k": cu_q if self.kv_index is None else self.cu_seq_lens_k.to(device),
+            "max_length_q": self.max_length_q,
+            "max_length_k": self.max_length_k,
         }
+        if self.kv_index is not None:
+            kwargs[KV_INDEX] = self.kv_index.to(device)
+        return kwargs
 
 
-def pack(rows: Sequence[Sequence[int]]) -> PackedBatch:
-    """Concatenate rows of token ids into one packed batch."""
+KV_INDEX = "pixie_kv_index"
+"""The keyword argument carrying :attr:`PackedBatch.kv_index` down to attention."""
+
+
+def _cumulative(lengths: torch.Tensor) -> torch.Tensor:
+    cu = torch.zeros(len(lengths) + 1, dtype=torch.int32)
+    cu[1:] = torch.cumsum(lengths, 0).to(torch.int32)
+    return cu
+
+
+def _concat(rows: Sequence[Sequence[int]], lengths: torch.Tensor) -> torch.Tensor:
+    ids = torch.empty(int(lengths.sum()), dtype=torch.long)
+    start = 0
+    for row in rows:
+        ids[start : start + len(row)] = torch.as_tensor(row, dtype=torch.long)
+        start += len(row)
+    return ids
+
+
+def _lengths(rows: Sequence[Sequence[int]]) -> torch.Tensor:
     if not rows:
         raise ValueError("cannot pack an empty batch")
     lengths = torch.tensor([len(r) for r in rows], dtype=torch.long)
     if int(lengths.min()) <= 0:
         raise ValueError("cannot pack an empty row")
-    ends = torch.cumsum(lengths, 0)
-    total = int(ends[-1])
-    starts = ends - lengths
-    ids = torch.empty(total, dtype=torch.long)
-    for start, row in zip(starts.tolist(), rows):
-        ids[start : start + len(row)] = torch.as_tensor(row, dtype=torch.long)
-    positions = torch.arange(total) - torch.repeat_interleave(starts, lengths)
-    cu = torch.zeros(len(rows) + 1, dtype=torch.int32)
-    cu[1:] = ends.to(torch.int32)
+    return lengths
+
+
+def pack(rows: Sequence[Sequence[int]]) -> PackedBatch:
+    """Concatenate rows of token ids into one packed batch."""
+    lengths = _lengths(rows)
+    cu = _cumulative(lengths)
+    starts = cu[:-1].long()
+    positions = torch.arange(int(cu[-1])) - torch.repeat_interleave(starts, lengths)
+    longest = int(lengths.max())
     return PackedBatch(
-        input_ids=ids.unsqueeze(0),
+        input_ids=_concat(rows, lengths).unsqueeze(0),
         position_ids=positions.unsqueeze(0),
-        cu_seq_lens=cu,
-        max_length=int(lengths.max()),
-        last=ends - 1,
+        cu_seq_lens_q=cu,
+        cu_seq_lens_k=cu,
+        max_length_q=longest,
+        max_length_k=longest,
+        last=cu[1:].long() - 1,
+    )
+
+
+def pack_with_prefix(prefix: Sequence[int], rests: Sequence[Sequence[int]]) -> PackedBatch:
+    """One query's prefix once, then each document's tokens (``rests``), which attend to the prefix and to
+    themselves: the scores of ``prefix + rest`` for each rest, with the prefix computed once per batch."""
+    n_prefix = len(prefix)
+    if n_prefix == 0:
+        raise ValueError("cannot share an empty prefix")
+    rest_lengths = _lengths(rests)
+    q_lengths = torch.cat([torch.tensor([n_prefix]), rest_lengths])
+    cu_q = _cumulative(q_lengths)
+    cu_k = _cumulative(torch.cat([torch.tensor([n_prefix]), rest_lengths + n_prefix]))
+    rest_starts = cu_q[1:-1].long()
+    # Each document's positions continue after the prefix, as in the unshared input.
+    offsets = torch.repeat_interleave(rest_starts - n_prefix, rest_lengths)
+    rest_positions = torch.arange(int(rest_lengths.sum())) - offsets + n_prefix
+    prefix_index = torch.arange(n_prefix)
+    index = [prefix_index]
+    for start, length in zip(rest_starts.tolist(), rest_lengths.tolist()):
+        index += [prefix_index, torch.arange(start, start + length)]
+    return PackedBatch(
+        input_ids=torch.cat([torch.as_tensor(prefix, dtype=torch.long), _concat(rests, rest_lengths)]).unsqueeze(0),
+        position_ids=torch.cat([prefix_index, rest_positions]).unsqueeze(0),
+        cu_seq_lens_q=cu_q,
+        cu_seq_lens_k=cu_k,
+        max_length_q=int(q_lengths.max()),
+        max_length_k=n_prefix + int(rest_lengths.max()),
+        last=cu_q[2:].long() - 1,
+        kv_index=torch.cat(index),
     )
 
 
@@ -167,6 +229,9 @@ def packed_attention(
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
     # (1, heads, tokens, dim) -> (tokens, heads, dim), the varlen layout.
     q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))
+    kv_index = kwargs.get(KV_INDEX)
+    if kv_index is not None:  # a shared prefix: its keys and values repeat before each document's own
+        k, v = k.index_select(0, kv_index), v.index_select(0, kv_index)
     out = varlen_causal(q, k, v, cu_q, kwargs["cu_seq_lens_k"], kwargs["max_length_q"], kwargs["max_length_k"], scaling)
     return out.unsqueeze(0), None
 

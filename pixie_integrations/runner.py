@@ -21,7 +21,7 @@ from .batching import bucket_shape
 from .encoding import EncodedPair
 from .families import ModelFamily
 from .loading import LoadedModel
-from .packing import enable_packed_attention, pack
+from .packing import enable_packed_attention, pack, pack_with_prefix
 
 __all__ = ["ModelRunner", "PrefixState"]
 
@@ -93,13 +93,13 @@ class ModelRunner:
         return self._loaded.family.uses_template
 
     @torch.inference_mode()
-    def __call__(self, batch: Sequence[EncodedPair]) -> torch.Tensor:
-        """Logits for whole inputs, one row each."""
+    def __call__(self, batch: Sequence[EncodedPair], *, share_prefix: bool = False) -> torch.Tensor:
+        """Logits for whole inputs, one row each. ``share_prefix``: the pairs share one prefix, which a packed batch
+        then runs once (padded batches share it only through :meth:`run_with_prefix`)."""
         device = self._loaded.device
-        rows = [pair.input_ids for pair in batch]
         if self.packs:
             try:
-                logits = self._run_packed(rows)
+                logits = self._run_packed(batch, share_prefix)
             except torch.OutOfMemoryError:
                 raise  # the scorer splits the batch and retries
             except Exception as exc:
@@ -109,6 +109,7 @@ class ModelRunner:
                 return self(batch)
             self._packed_ran = True
             return logits
+        rows = [pair.input_ids for pair in batch]
         if self._compile and self._loaded.family is not ModelFamily.ENCODER:
             return self._run_bucketed(rows)
         shape: dict[str, int] = {}
@@ -140,12 +141,17 @@ class ModelRunner:
         if self._compile:  # the compiled graph was the packed one: pad to static buckets instead
             self._forward = _compiled(self._loaded, self._backbone, dynamic=False)
 
-    def _run_packed(self, rows: Sequence[Sequence[int]]) -> torch.Tensor:
-        """All rows in one packed sequence: no padding; attention stays within each row (packing.py)."""
-        packed = pack(rows)
+    def _run_packed(self, batch: Sequence[EncodedPair], share_prefix: bool) -> torch.Tensor:
+        """The whole batch as one packed sequence: no padding; attention stays within each pair (packing.py).
+        With ``share_prefix``, the common prefix is one segment, run once, that every document attends to."""
+        if share_prefix:
+            packed = pack_with_prefix(batch[0].prefix, [pair.rest for pair in batch])
+        else:
+            packed = pack([pair.input_ids for pair in batch])
         inputs = packed.model_kwargs(self._loaded.device)
-        # Compiled with dynamic shapes: one compilation serves every packed batch.
-        step = _compile_step(self._loaded, "dynamic") if self._compile else contextlib.nullcontext()
+        # Compiled with dynamic shapes: one graph for every plain packed batch, one for every shared-prefix one.
+        label = "packed batches with a shared prefix" if share_prefix else "packed batches"
+        step = _compile_step(self._loaded, label) if self._compile else contextlib.nullcontext()
         with step:
             hidden = self._forward(**inputs).last_hidden_state
         return self._logits(hidden[0, packed.last.to(hidden.device)])
@@ -251,7 +257,7 @@ def _compile_step(loaded: LoadedModel, shape: tuple[int, int] | str) -> Iterator
     if not first:
         yield
         return
-    what = "packed batches (dynamic shapes)" if isinstance(shape, str) else f"batch shape {shape[0]} x {shape[1]} tokens"
+    what = f"{shape} (dynamic shapes)" if isinstance(shape, str) else f"batch shape {shape[0]} x {shape[1]} tokens"
     logger.info("Compiling for %s (graph %d of this model)...", what, len(seen))
     start = time.perf_counter()
     yield

@@ -394,11 +394,11 @@ class PixieScorer:
             for batch, shared in self._plan(encoded):
                 pairs = [encoded[i] for i in batch]
                 state = None
-                if shared:
+                if shared and not self._runner.packs:  # packed batches carry their prefix themselves
                     if state_of is None or state_of[0] is not pairs[0].prefix:
                         state_of = (pairs[0].prefix, self._runner.encode_prefix(pairs[0].prefix))
                     state = state_of[1]
-                out[batch] = self._forward_splitting(pairs, state)
+                out[batch] = self._forward_splitting(pairs, state, shared=shared)
                 if progress is not None:
                     progress.update(len(batch))
         finally:
@@ -410,12 +410,15 @@ class PixieScorer:
         """Batches of indices, each flagged whether its pairs share one prefix (run once, through its KV cache)."""
         return plan_pair_batches(encoded, self.token_budget, self.batch_size, reuse_prefix=self.reuse_prefix)
 
-    def _forward_splitting(self, batch: list[EncodedPair], state: PrefixState | None) -> torch.Tensor:
-        """Forward one batch; on out-of-memory, halve it and retry so that no pair is lost."""
+    def _forward_splitting(
+        self, batch: list[EncodedPair], state: PrefixState | None, *, shared: bool = False
+    ) -> torch.Tensor:
+        """Forward one batch (``shared``: its pairs share one prefix, whose KV cache ``state`` holds unless batches
+        are packed); on out-of-memory, halve it and retry so that no pair is lost."""
         try:
             if state is not None:
                 return self._runner.run_with_prefix(state, batch)
-            return self._runner(batch)
+            return self._runner(batch, share_prefix=shared)
         except torch.OutOfMemoryError:
             if len(batch) == 1:
                 raise
@@ -424,5 +427,8 @@ class PixieScorer:
             half = len(batch) // 2
             logger.warning("Out of memory on a batch of %d pairs; splitting it in two and retrying.", len(batch))
             return torch.cat(
-                [self._forward_splitting(batch[:half], state), self._forward_splitting(batch[half:], state)]
+                [
+                    self._forward_splitting(batch[:half], state, shared=shared),
+                    self._forward_splitting(batch[half:], state, shared=shared),
+                ]
             )

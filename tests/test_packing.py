@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import torch
 
 from pixie_integrations import PixieScorer
 from pixie_integrations import packing as packing_module
-from pixie_integrations.packing import PACKED_ATTENTION, fast_kernel, pack, varlen_causal
+from pixie_integrations.packing import PACKED_ATTENTION, fast_kernel, pack, pack_with_prefix, varlen_causal
 from pixie_integrations.testing import SAMPLE_DOCUMENTS, SAMPLE_QUERIES
 
 # Lengths from a few tokens to a few hundred, Korean and English, so batches mix very different rows.
@@ -27,8 +28,9 @@ def test_pack_lays_pairs_end_to_end_with_positions_restarting() -> None:
     packed = pack([[5, 6, 7], [8], [9, 10]])
     assert packed.input_ids.tolist() == [[5, 6, 7, 8, 9, 10]]
     assert packed.position_ids.tolist() == [[0, 1, 2, 0, 0, 1]]
-    assert packed.cu_seq_lens.tolist() == [0, 3, 4, 6] and packed.cu_seq_lens.dtype == torch.int32
-    assert packed.last.tolist() == [2, 3, 5] and packed.max_length == 3
+    assert packed.cu_seq_lens_q.tolist() == [0, 3, 4, 6] and packed.cu_seq_lens_q.dtype == torch.int32
+    assert packed.cu_seq_lens_k is packed.cu_seq_lens_q and packed.kv_index is None
+    assert packed.last.tolist() == [2, 3, 5] and packed.max_length_q == packed.max_length_k == 3
     with pytest.raises(ValueError, match="empty"):
         pack([])
     with pytest.raises(ValueError, match="empty row"):
@@ -71,11 +73,35 @@ def test_packed_scores_equal_padded_scores(tiny_reranker: Path) -> None:
     assert packed.score(PAIRS[0][0], [PAIRS[0][1]]) == pytest.approx(expected[:1], abs=1e-5)
 
 
-def test_a_packing_model_keeps_its_unpacked_paths(tiny_reranker: Path, tiny_scorer: PixieScorer) -> None:
-    # The switched model runs prefix-reuse batches (a KV cache, SDPA with its mask) as it did before.
+def test_packed_prefix_runs_once_per_batch_with_the_same_scores(tiny_reranker: Path, tiny_scorer: PixieScorer) -> None:
+    prefix = (1, 2, 3)
+    packed = pack_with_prefix(prefix, [[4, 5], [6], [7, 8, 9]])
+    assert packed.input_ids.tolist() == [[1, 2, 3, 4, 5, 6, 7, 8, 9]]
+    assert packed.position_ids.tolist() == [[0, 1, 2, 3, 4, 3, 3, 4, 5]]  # each document continues the prefix
+    assert packed.cu_seq_lens_q.tolist() == [0, 3, 5, 6, 9] and packed.cu_seq_lens_k.tolist() == [0, 3, 8, 12, 18]
+    assert packed.kv_index is not None and packed.kv_index.tolist()[3:8] == [0, 1, 2, 3, 4]
+    assert packed.last.tolist() == [4, 5, 8]  # the documents' last tokens; the prefix segment is not scored
+
     scorer = _scorer(tiny_reranker, pack=True, reuse_prefix=True)
     assert scorer.pack and scorer.reuse_prefix
-    assert scorer.score_pairs(PAIRS) == pytest.approx(tiny_scorer.score_pairs(PAIRS), abs=1e-5)
+    expected = tiny_scorer.score_pairs(PAIRS)
+    assert scorer.score_pairs(PAIRS) == pytest.approx(expected, abs=1e-5)
+    scorer.token_budget = 128  # a query's documents over several batches, each with the prefix once
+    assert scorer.score_pairs(PAIRS) == pytest.approx(expected, abs=1e-5)
+
+
+def test_a_packing_model_keeps_its_unpacked_paths(tiny_reranker: Path, tiny_scorer: PixieScorer) -> None:
+    # Scorers sharing one model: the packing one switches its attention; the padded one still runs its KV-cache
+    # prefix path (SDPA with its mask) through it, and the engine's batches too.
+    settings = {"device": "cpu", "dtype": "float32", "config_kwargs": {"test_pack": "shared"}}
+    packing = PixieScorer(str(tiny_reranker), pack=True, **settings)  # type: ignore[arg-type]
+    padded = PixieScorer(str(tiny_reranker), pack=False, reuse_prefix=True, **settings)  # type: ignore[arg-type]
+    assert padded.model is packing.model and padded.model.config._attn_implementation == PACKED_ATTENTION
+    expected = tiny_scorer.score_pairs(PAIRS)
+    assert padded.score_pairs(PAIRS) == pytest.approx(expected, abs=1e-5)
+    packing.reuse_prefix = True
+    query = SAMPLE_QUERIES[0]
+    assert asyncio.run(packing.ascore(query, DOCS)) == pytest.approx(tiny_scorer.score(query, DOCS), abs=1e-5)
 
 
 def test_packing_is_off_by_default_without_a_varlen_kernel(tiny_reranker: Path, tiny_encoder: Path) -> None:
@@ -130,16 +156,30 @@ def test_a_first_packed_failure_falls_back_to_padding_once(
 
 @pytest.mark.slow
 def test_compiled_packed_model_compiles_once_for_every_batch(
-    tiny_reranker: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    tiny_reranker: Path,
+    tiny_scorer: PixieScorer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
-    expected = _scorer(tiny_reranker, pack=False, reuse_prefix=False).score_pairs(PAIRS)
+    expected = tiny_scorer.score_pairs(PAIRS)
+    torch._dynamo.utils.counters.clear()
     with caplog.at_level(logging.INFO, logger="pixie_integrations.runner"):
         scorer = _scorer(tiny_reranker, pack=True, compile=True, token_budget=512)
         assert scorer.pack and scorer.reuse_prefix is False
         first = scorer.score_pairs(PAIRS)  # several batches of different sizes and widths
         scorer.token_budget = 2048
         again = scorer.score_pairs(PAIRS)
-    assert first == pytest.approx(expected, abs=1e-5) and again == pytest.approx(expected, abs=1e-5)
+        scorer.reuse_prefix = True  # the shared-prefix layout: one more graph, for all of its batches
+        shared = scorer.score_pairs(PAIRS)
+        scorer.token_budget = 256
+        shared_again = scorer.score_pairs(PAIRS)
+    for got in (first, again, shared, shared_again):
+        assert got == pytest.approx(expected, abs=1e-5)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 2, dict(torch._dynamo.utils.counters["stats"])
     compiling = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Compiling for")]
-    assert compiling == ["Compiling for packed batches (dynamic shapes) (graph 1 of this model)..."]
+    assert compiling == [
+        "Compiling for packed batches (dynamic shapes) (graph 1 of this model)...",
+        "Compiling for packed batches with a shared prefix (dynamic shapes) (graph 2 of this model)...",
+    ]
