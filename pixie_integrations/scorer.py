@@ -67,19 +67,23 @@ class PixieScorer:
         model_kwargs: Extra keyword arguments for ``from_pretrained`` of the model.
         tokenizer_kwargs: Extra keyword arguments for ``AutoTokenizer.from_pretrained``.
         config_kwargs: Extra keyword arguments for ``AutoConfig.from_pretrained`` (config attributes to override).
-        reuse_prefix: Run the shared part of a query's inputs (system prompt, instruction, query) once and reuse its
-            key/value cache for all of that query's documents. Same scores, a fifth less compute. ``None``: on for
-            CPU and MPS; off with ``compile=True``, and on CUDA, where the cache-extended attention mask costs more
-            than it saves (measured; see docs/performance.md).
-        compile: ``torch.compile`` the model with static shapes: each batch is padded up to one of a few
-            (rows x tokens) buckets, and each bucket compiles once, logged, on its first batch (seconds to minutes);
-            the compiled code is cached on disk (``$TORCHINDUCTOR_CACHE_DIR``, else the user's cache folder), so the
-            next process starts warm. Shared by every scorer of the same loaded model; prefix reuse is off by default
-            with it (a cached prefix runs eager).
-        pack: Run each batch as one packed sequence (no padding; attention stays within each pair, through a
-            variable-length FlashAttention kernel). ``None``: on where such a kernel exists (CUDA with bf16/fp16 and
+        reuse_prefix: Run the shared part of a query's inputs (system prompt, instruction, query) once and reuse it
+            for all of that query's documents. Same scores, a fifth less compute. Padded batches keep the prefix's
+            key/value cache; packed batches hold the prefix once per batch, every document attending to it.
+            ``None``: on for CPU and MPS; off on CUDA (with padded batches the cache-extended attention mask cost
+            more than it saved there; packed prefix sharing is not yet timed on a GPU) and with ``compile=True``
+            on padded batches (a cached prefix runs eager).
+        compile: ``torch.compile`` the model. Packed batches compile once with dynamic shapes (one more graph for
+            the shared-prefix layout); padded batches use static shapes, each batch padded up to one of a few
+            (rows x tokens) buckets that compiles once. Each compilation is logged with its time (seconds to
+            minutes) and cached on disk (``$TORCHINDUCTOR_CACHE_DIR``, else the user's cache folder), so the next
+            process starts warm. Shared by every scorer of the same loaded model.
+        pack: Run each batch as one packed sequence: no padding, and attention stays within each pair through a
+            variable-length FlashAttention kernel. ``None``: on where such a kernel exists (CUDA with bf16/fp16 and
             torch >= 2.9, or the ``flash-attn`` package), off elsewhere. ``True`` on a CPU runs the same layout with
-            a slow per-pair attention loop (same scores; for testing). Template families only.
+            a slow per-pair attention loop (same scores; for testing). Needs SDPA attention (the default) and a
+            template family; if the first packed batch fails (a kernel the GPU lacks), the scorer logs a warning
+            and pads from then on.
     """
 
     def __init__(
@@ -141,8 +145,11 @@ class PixieScorer:
             pack = kernel is not None
         self._runner = ModelRunner(self._loaded, compile=compile, token_budget=self.token_budget, pack=pack)
         if reuse_prefix is None:
-            # Compiled batches have bucketed static shapes; a cached prefix (its length differs per query) runs eager.
-            reuse_prefix = not compile and (cpu_defaults().reuse_prefix if cpu else self.device.type != "cuda")
+            # Compiled padded batches have bucketed static shapes; a cached prefix (its length differs per query)
+            # runs eager. Packed batches hold their prefix themselves, compiled or not.
+            reuse_prefix = (self._runner.packs or not compile) and (
+                cpu_defaults().reuse_prefix if cpu else self.device.type != "cuda"
+            )
         self.reuse_prefix = reuse_prefix and self._runner.supports_shared_prefix
         if cpu:
             dtype_name = str(self.dtype).removeprefix("torch.")

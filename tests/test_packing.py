@@ -166,8 +166,8 @@ def test_compiled_packed_model_compiles_once_for_every_batch(
     expected = tiny_scorer.score_pairs(PAIRS)
     torch._dynamo.utils.counters.clear()
     with caplog.at_level(logging.INFO, logger="pixie_integrations.runner"):
-        scorer = _scorer(tiny_reranker, pack=True, compile=True, token_budget=512)
-        assert scorer.pack and scorer.reuse_prefix is False
+        scorer = _scorer(tiny_reranker, pack=True, compile=True, token_budget=512, reuse_prefix=False)
+        assert scorer.pack
         first = scorer.score_pairs(PAIRS)  # several batches of different sizes and widths
         scorer.token_budget = 2048
         again = scorer.score_pairs(PAIRS)
