@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -183,3 +186,22 @@ def test_compiled_packed_model_compiles_once_for_every_batch(
         "Compiling for packed batches (dynamic shapes) (graph 1 of this model)...",
         "Compiling for packed batches with a shared prefix (dynamic shapes) (graph 2 of this model)...",
     ]
+
+
+@pytest.mark.slow
+def test_example_runs_offline_with_tiny_model() -> None:
+    root = Path(__file__).resolve().parents[1]
+    env = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    result = subprocess.run(
+        [sys.executable, "examples/gpu_fast_path.py", "--tiny", "--device", "cpu"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, **env},
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "pack=True" in result.stdout and "for 100 documents" in result.stdout
+    difference = float(result.stdout.split("largest score difference: ")[1].split()[0])
+    assert difference <= 2e-2  # bf16 on both sides, summed in different orders
