@@ -73,8 +73,30 @@ class ModelRunner:
         # changed) falls back to padded batches, logged; a later failure is a real error and propagates.
         self._packed_ran = False
         self._forward = self._backbone
+        self._compiled_ran = False  # as for packing: only a first compiled call's failure falls back
         if compile:
             self._forward = _compiled(loaded, self._backbone, dynamic=self.packs)
+
+    def _model(self, **inputs: Any) -> Any:
+        """The backbone's forward, compiled if asked; where compilation fails on its first call (no Triton, no
+        C++ compiler, an unsupported device), log it once and run uncompiled from then on."""
+        if not self._compile or self._compiled_ran:
+            return self._forward(**inputs)
+        try:
+            out = self._forward(**inputs)
+        except torch.OutOfMemoryError:
+            raise
+        except Exception as exc:  # noqa: BLE001  (any compiler failure: the eager model still scores)
+            logger.warning(
+                "torch.compile failed on this setup (%s: %s); running the model uncompiled (same scores).",
+                type(exc).__name__,
+                str(exc).splitlines()[0] if str(exc) else "",
+            )
+            self._compile = False
+            self._forward = self._backbone
+            return self._forward(**inputs)
+        self._compiled_ran = True
+        return out
 
     def _enable_packing(self) -> bool:
         with self._loaded.lock:
@@ -124,11 +146,11 @@ class ModelRunner:
                 types, _, _ = _pad([pair.token_type_ids or () for pair in batch], 0, **shape)
                 inputs["token_type_ids"] = types.to(device)
             with _compile_step(self._loaded, tuple(ids.shape)) if self._compile else contextlib.nullcontext():
-                logits = self._forward(**inputs).logits
+                logits = self._model(**inputs).logits
             return logits[: len(rows), 0].float().cpu()
         # No attention mask: padding sits right of each row and attention is causal, so no real token ever sees a
         # pad and the scores are those of a masked pass; SDPA then runs its causal kernel instead of a masked one.
-        hidden = self._forward(input_ids=ids.to(device), use_cache=False).last_hidden_state
+        hidden = self._model(input_ids=ids.to(device), use_cache=False).last_hidden_state
         return self._head(hidden, lengths)
 
     def _stop_packing(self, exc: Exception) -> None:
@@ -153,7 +175,7 @@ class ModelRunner:
         label = "packed batches with a shared prefix" if share_prefix else "packed batches"
         step = _compile_step(self._loaded, label) if self._compile else contextlib.nullcontext()
         with step:
-            hidden = self._forward(**inputs).last_hidden_state
+            hidden = self._model(**inputs).last_hidden_state
         return self._logits(hidden[0, packed.last.to(hidden.device)])
 
     def _run_bucketed(self, rows: Sequence[Sequence[int]]) -> torch.Tensor:
@@ -161,7 +183,7 @@ class ModelRunner:
         n_rows, width = bucket_shape(len(rows), max(len(r) for r in rows), self._token_budget)
         ids, _, lengths = _pad(rows, self._pad_id, n_rows=n_rows, width=width)
         with _compile_step(self._loaded, (n_rows, width)):
-            hidden = self._forward(input_ids=ids.to(self._loaded.device), use_cache=False).last_hidden_state
+            hidden = self._model(input_ids=ids.to(self._loaded.device), use_cache=False).last_hidden_state
         return self._head(hidden, lengths)[: len(rows)]
 
     @torch.inference_mode()
@@ -225,21 +247,22 @@ def _compiled(loaded: LoadedModel, backbone: torch.nn.Module, *, dynamic: bool) 
     """One compiled backbone per loaded model and kind, shared by every scorer: static shapes (one graph per shape
     bucket) for padded batches, dynamic shapes (one graph) for packed ones."""
     key = "dynamic" if dynamic else "static"
-    if key not in loaded.compiled:
-        cache = _inductor_cache_dir()
-        # Each bucket is one graph: allow as many as a budget's buckets, not dynamo's default of 8.
-        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, _MAX_BUCKETS)
-        logger.info(
-            "torch.compile for %s: %s (seconds to minutes the first time; compiled code is cached in %s, so later "
-            "processes start warm).",
-            loaded.name,
-            "packed batches, dynamic shapes: one compilation"
-            if dynamic
-            else "static shapes, one compilation per batch-shape bucket",
-            cache,
-        )
-        loaded.compiled[key] = torch.compile(backbone, dynamic=dynamic)
-    return loaded.compiled[key]
+    with loaded.lock:
+        if key not in loaded.compiled:
+            cache = _inductor_cache_dir()
+            # Each bucket is one graph: allow as many as a budget's buckets, not dynamo's default of 8.
+            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, _MAX_BUCKETS)
+            logger.info(
+                "torch.compile for %s: %s (seconds to minutes the first time; compiled code is cached in %s, so "
+                "later processes start warm).",
+                loaded.name,
+                "packed batches, dynamic shapes: one compilation"
+                if dynamic
+                else "static shapes, one compilation per batch-shape bucket",
+                cache,
+            )
+            loaded.compiled[key] = torch.compile(backbone, dynamic=dynamic)
+        return loaded.compiled[key]
 
 
 _MAX_BUCKETS = 256

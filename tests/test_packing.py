@@ -205,3 +205,27 @@ def test_example_runs_offline_with_tiny_model() -> None:
     assert "pack=True" in result.stdout and "for 100 documents" in result.stdout
     difference = float(result.stdout.split("largest score difference: ")[1].split()[0])
     assert difference <= 2e-2  # bf16 on both sides, summed in different orders
+
+
+@pytest.mark.slow
+def test_a_compiler_that_fails_falls_back_to_the_uncompiled_model(
+    tiny_reranker: Path,
+    tiny_scorer: PixieScorer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import torch._inductor.config as inductor_config
+    from torch._inductor.codecache import PyCodeCache
+
+    # A machine without a working C++ compiler (Inductor's CPU backend needs one), and nothing cached to fall on:
+    # neither on disk nor in this process (kernels compiled by earlier tests).
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    torch._dynamo.reset()
+    PyCodeCache.cache_clear()
+    monkeypatch.setattr(inductor_config.cpp, "cxx", ("/nonexistent/c++",))
+    scorer = _scorer(tiny_reranker, pack=True, compile=True, reuse_prefix=False)
+    with caplog.at_level(logging.WARNING, logger="pixie_integrations.runner"):
+        assert scorer.score_pairs(PAIRS) == pytest.approx(tiny_scorer.score_pairs(PAIRS), abs=1e-5)
+    assert "torch.compile failed on this setup" in caplog.text
+    assert scorer.pack  # packing itself worked: only compilation fell back
