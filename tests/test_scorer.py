@@ -409,9 +409,12 @@ def test_hub_id_offline_says_how_to_use_a_local_copy(monkeypatch: pytest.MonkeyP
         PixieScorer("telepix/PIXIE-Spell-Reranker-Preview-0.6B", device="cpu", local_files_only=True)
 
 
-def test_out_of_memory_splits_the_batch_and_loses_nothing(tiny_reranker: Path) -> None:
+@pytest.mark.parametrize("pack", [False, True])
+def test_out_of_memory_splits_the_batch_and_loses_nothing(tiny_reranker: Path, pack: bool) -> None:
     """Fault injection around the real runner: batches above two pairs raise the CUDA OOM error type."""
-    scorer = PixieScorer(str(tiny_reranker), device="cpu", dtype="float32", token_budget=1 << 20)
+    scorer = PixieScorer(
+        str(tiny_reranker), device="cpu", dtype="float32", token_budget=1 << 20, pack=pack, config_kwargs={"p": pack}
+    )
     expected = scorer.score(QUERY, DOCS)
     real_runner = scorer._runner
     sizes: list[int] = []
@@ -424,9 +427,11 @@ def test_out_of_memory_splits_the_batch_and_loses_nothing(tiny_reranker: Path) -
             if len(batch) > 2:
                 raise torch.OutOfMemoryError("CUDA out of memory (injected)")
 
-        def __call__(self, batch):  # type: ignore[no-untyped-def]
+        packs = real_runner.packs
+
+        def __call__(self, batch, *, share_prefix=False):  # type: ignore[no-untyped-def]
             self._check(batch)
-            return real_runner(batch)
+            return real_runner(batch, share_prefix=share_prefix)
 
         def encode_prefix(self, prefix):  # type: ignore[no-untyped-def]
             return real_runner.encode_prefix(prefix)
