@@ -7,6 +7,7 @@ about a quarter of a typical input) goes through the model once, and its key/val
 from __future__ import annotations
 
 import contextlib
+import copy
 import inspect
 import logging
 import os
@@ -261,8 +262,24 @@ def _compiled(loaded: LoadedModel, backbone: torch.nn.Module, *, dynamic: bool) 
                 else "static shapes, one compilation per batch-shape bucket",
                 cache,
             )
-            loaded.compiled[key] = torch.compile(backbone, dynamic=dynamic)
+            loaded.compiled[key] = _compile_regions(backbone, dynamic=dynamic)
         return loaded.compiled[key]
+
+
+def _compile_regions(backbone: torch.nn.Module, *, dynamic: bool) -> torch.nn.Module:
+    """The backbone with each decoder layer compiled ("regional compilation"), else the whole backbone compiled.
+
+    The layers are identical blocks, so one compiled layer graph serves all of them (parameters are graph inputs):
+    compilation takes one layer's time, not the model's. The shared model itself is left as it is: the compiled
+    layers sit in a shallow copy of the backbone (same parameters), so uncompiled scorers of it stay uncompiled.
+    """
+    layers = getattr(backbone, "layers", None)
+    if not isinstance(layers, torch.nn.ModuleList):
+        return torch.compile(backbone, dynamic=dynamic)  # type: ignore[return-value]
+    regional = copy.copy(backbone)
+    regional._modules = dict(backbone._modules)  # its own child table: replacing `layers` leaves the original's
+    regional.layers = torch.nn.ModuleList(torch.compile(layer, dynamic=dynamic) for layer in layers)
+    return regional
 
 
 _MAX_BUCKETS = 256
