@@ -14,7 +14,6 @@ transformers' SDPA function, with SDPA's masks.
 from __future__ import annotations
 
 import inspect
-import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -23,36 +22,46 @@ import torch
 
 __all__ = ["PACKED_ATTENTION", "PackedBatch", "enable_packed_attention", "fast_kernel", "pack", "pack_with_prefix"]
 
-logger = logging.getLogger(__name__)
-
 PACKED_ATTENTION = "pixie_packed"
 """The attention implementation name this module registers with transformers."""
 
 _HALF = (torch.float16, torch.bfloat16)
 
 
-def _torch_varlen() -> tuple[Callable[..., torch.Tensor] | None, frozenset[str]]:
-    try:
-        from torch.nn.attention.varlen import varlen_attn  # torch >= 2.9
-    except ImportError:
-        return None, frozenset()
-    params = frozenset(inspect.signature(varlen_attn).parameters)
-    # Causal is spelled `is_causal=True` in the first releases and `window_size=(-1, 0)` in later ones.
-    if "window_size" not in params and "is_causal" not in params:
-        return None, frozenset()
-    return varlen_attn, params
+@dataclass(frozen=True)
+class _Kernels:
+    varlen: Callable[..., torch.Tensor] | None
+    """torch's ``varlen_attn`` (torch >= 2.9), if its causal flag is one we know."""
+    varlen_params: frozenset[str]
+    flash_attn: Callable[..., torch.Tensor] | None
+    """The flash-attn package's ``flash_attn_varlen_func``, if installed."""
 
 
-def _flash_attn_varlen() -> Callable[..., torch.Tensor] | None:
-    try:
-        from flash_attn import flash_attn_varlen_func  # type: ignore[import-not-found]
-    except ImportError:
-        return None
-    return flash_attn_varlen_func  # type: ignore[no-any-return]
+_KERNELS: _Kernels | None = None
 
 
-_VARLEN, _VARLEN_PARAMS = _torch_varlen()
-_FLASH_ATTN = _flash_attn_varlen()
+def _kernels() -> _Kernels:
+    """The variable-length kernels this environment has, looked up once (importing flash-attn is slow), before any
+    forward pass: traced code then reads a plain module constant."""
+    global _KERNELS
+    if _KERNELS is None:
+        varlen: Callable[..., torch.Tensor] | None = None
+        params: frozenset[str] = frozenset()
+        try:
+            from torch.nn.attention.varlen import varlen_attn
+        except ImportError:
+            pass
+        else:
+            params = frozenset(inspect.signature(varlen_attn).parameters)
+            # Causal is spelled `is_causal=True` in the first releases and `window_size=(-1, 0)` in later ones.
+            if "window_size" in params or "is_causal" in params:
+                varlen = varlen_attn
+        try:
+            from flash_attn import flash_attn_varlen_func  # type: ignore[import-not-found]
+        except ImportError:
+            flash_attn_varlen_func = None
+        _KERNELS = _Kernels(varlen, params, flash_attn_varlen_func)
+    return _KERNELS
 
 
 def fast_kernel(device: torch.device, dtype: torch.dtype) -> str | None:
@@ -62,9 +71,10 @@ def fast_kernel(device: torch.device, dtype: torch.dtype) -> str | None:
     major, _ = torch.cuda.get_device_capability(device)
     if major < 8:  # FlashAttention 2 needs Ampere or newer
         return None
-    if _VARLEN is not None:
+    kernels = _kernels()
+    if kernels.varlen is not None:
         return "torch varlen_attn"
-    if _FLASH_ATTN is not None:
+    if kernels.flash_attn is not None:
         return "flash_attn_varlen_func"
     return None
 
@@ -194,6 +204,7 @@ def enable_packed_attention(model: Any) -> bool:
     Unpacked calls behave exactly as before (the same SDPA function and masks). Returns False, changing nothing,
     where the model does not use SDPA or has sliding-window layers (their windows would need a mask per pair).
     """
+    _kernels()  # before any packed forward: attention reads the result as a constant
     config = model.config
     current = getattr(config, "_attn_implementation", None)
     if current == PACKED_ATTENTION:
@@ -249,22 +260,25 @@ def varlen_causal(
     """Causal attention within each packed sequence; (tokens, heads, dim) in and out. Where a sequence has more keys
     than queries, its queries are its last tokens (bottom-right alignment, as FlashAttention)."""
     if q.is_cuda and q.dtype in _HALF:
-        if _VARLEN is not None:
+        assert _KERNELS is not None  # looked up by enable_packed_attention
+        varlen, params = _KERNELS.varlen, _KERNELS.varlen_params
+        if varlen is not None:
             extra: dict[str, Any] = {}
-            if "window_size" in _VARLEN_PARAMS:
+            if "window_size" in params:
                 extra["window_size"] = (-1, 0)
             else:
                 extra["is_causal"] = True
-            if scale is not None and "scale" in _VARLEN_PARAMS:
+            if scale is not None and "scale" in params:
                 extra["scale"] = scale
             if k.shape[1] != q.shape[1]:
-                if "enable_gqa" in _VARLEN_PARAMS:
+                if "enable_gqa" in params:
                     extra["enable_gqa"] = True
                 else:
                     k, v = (_repeat_heads(t, q.shape[1]) for t in (k, v))
-            return _VARLEN(q, k, v, cu_q, cu_k, max_q, max_k, **extra)
-        if _FLASH_ATTN is not None:  # handles grouped-query heads natively
-            return _FLASH_ATTN(q, k, v, cu_q, cu_k, max_q, max_k, softmax_scale=scale, causal=True)
+            return varlen(q, k, v, cu_q, cu_k, max_q, max_k, **extra)
+        flash = _KERNELS.flash_attn
+        if flash is not None:  # handles grouped-query heads natively
+            return flash(q, k, v, cu_q, cu_k, max_q, max_k, softmax_scale=scale, causal=True)
     return _reference_attention(q, k, v, cu_q, cu_k, scale)
 
 
