@@ -54,7 +54,7 @@ step model 120 python -c "from pixie_integrations.benchmark import build_random_
 
 if [ "$MODE" = smoke ]; then
   step parity-tiny 60 python benchmarks/gpu_parity.py --tiny-only; grep -E "^tiny" "$RESULTS/parity-tiny.txt"
-  bench smoke 60 --workload beir --queries 2 --systems card-bf16 pixie:compile=false pixie-padded
+  bench smoke 60 --workload beir --queries 2 --systems card-bf16 pixie:compile=false pixie-padded pixie:reuse_prefix=true
   exit 0
 fi
 step parity 90 python benchmarks/gpu_parity.py --pixie-dir "$MODEL_DIR"; grep -E "^[a-z_0-9]+: " "$RESULTS/parity.txt"
@@ -62,7 +62,7 @@ bench beir 100 --workload beir --queries "$QUERIES" --systems card-bf16 card-fp3
   pixie:reuse_prefix=true pixie:token_budget=32768
 # Compilation in a cold process (its time is this system's warmup_s), then the same graph from the disk cache.
 bench beir-compile 150 --workload beir --queries "$QUERIES" --systems card-bf16 pixie:compile=true \
-  pixie:compile=true,token_budget=32768
+  pixie:compile=true,token_budget=32768 pixie:compile=true,reuse_prefix=true
 bench latency 60 --workload latency --repeats 10 --systems card-bf16 pixie:compile=true pixie:compile=false pixie-padded
 step kernels 60 python benchmarks/gpu_kernels.py --model-dir "$MODEL_DIR/pixie"; grep -E "^packed" "$RESULTS/kernels.txt"
 bench long 45 --workload long --queries 2 --systems card-bf16 pixie:compile=true pixie:compile=false pixie-padded
