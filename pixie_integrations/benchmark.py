@@ -4,7 +4,9 @@ Workloads: ``beir`` (20 queries x 100 documents, log-normal lengths with a 180-t
 reranking), ``latency`` (1 x 100) and ``long`` (documents up to 8k tokens). A random-weight model of PIXIE's exact
 shape (``--shape pixie``; same FLOPs as the real one) or a 4-layer cut (``--shape pixie-4l``, for CPUs) runs with no
 download; ``--model`` times a real checkpoint instead. The card-* systems need sentence-transformers
-(pip install "pixie-integrations[bench]"). Figures and how to read them:
+(pip install "pixie-integrations[bench]"); the OpenVINO and ONNX Runtime peers on the same weights (openvino-fp32,
+openvino-bf16, openvino-int8, onnxruntime-fp32, onnxruntime-int8) need pip install "pixie-integrations[bench-peers]".
+Figures and how to read them:
 https://github.com/telepix-integrations/pixie-integrations/blob/main/docs/performance.md
 
 Importable: :func:`run_benchmark` returns the same dictionary the command writes as JSON.
@@ -13,6 +15,7 @@ Importable: :func:`run_benchmark` returns the same dictionary the command writes
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import math
@@ -30,6 +33,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .bench_peers import PEERS, missing_peer_modules
 from .cpu import cpu_info, torch_build
 from .template import DEFAULT_INSTRUCTION, format_document, format_query
 
@@ -304,6 +308,9 @@ def _pixie_system(path: str, device: str, **kwargs: Any) -> ScoreFn:
 
 
 _CARD_SYSTEMS = ("card-fp32", "card-bf16")
+# OpenVINO and ONNX Runtime on the same weights (their runtimes are imported only when one is asked for).
+_PEER_SYSTEMS = tuple(PEERS)
+_PEER_SETTINGS = ("batch_size",)
 _PIXIE_PRESETS: dict[str, dict[str, Any]] = {
     "pixie": {},
     "pixie-fp32": {"dtype": "float32"},
@@ -332,14 +339,16 @@ def parse_system(name: str) -> tuple[str, dict[str, Any]]:
         if colon:
             raise ValueError(f"{base} is the model card's code as is and takes no settings (got {name!r})")
         return base, {}
-    if base not in _PIXIE_PRESETS:
-        raise ValueError(f"Unknown system {base!r}; choose from {', '.join(_CARD_SYSTEMS + tuple(_PIXIE_PRESETS))}")
-    settings = dict(_PIXIE_PRESETS[base])
+    if base not in _PIXIE_PRESETS and base not in _PEER_SYSTEMS:
+        known = _CARD_SYSTEMS + tuple(_PIXIE_PRESETS) + _PEER_SYSTEMS
+        raise ValueError(f"Unknown system {base!r}; choose from {', '.join(known)}")
+    settings = dict(_PIXIE_PRESETS.get(base, {}))
+    allowed = _PEER_SETTINGS if base in _PEER_SYSTEMS else _SETTINGS
     for item in params.split(",") if colon else []:
         key, equals, value = (part.strip() for part in item.partition("="))
-        if key not in _SETTINGS or not equals:
-            what = f"unknown setting {key!r}" if key not in _SETTINGS else f"no value for {key!r}"
-            raise ValueError(f"{what} in {name!r}; settings are key=value pairs of {', '.join(_SETTINGS)}")
+        if key not in allowed or not equals:
+            what = f"unknown setting {key!r}" if key not in allowed else f"no value for {key!r}"
+            raise ValueError(f"{what} in {name!r}; settings are key=value pairs of {', '.join(allowed)}")
         try:
             if key in _INT_SETTINGS:
                 settings[key] = positive_int(value)
@@ -365,12 +374,25 @@ def _system_arg(text: str) -> str:
     return text
 
 
+def _peer_system(name: str, path: str, device: str, **settings: Any) -> ScoreFn:
+    """OpenVINO or ONNX Runtime on the same weights (CPU only), scored as the card's code scores."""
+    from .bench_peers import PeerScorer
+
+    if device != "cpu":
+        raise ValueError(f"{name} runs on the CPU only (got --device {device})")
+    return PeerScorer(path, name=name, **settings).score
+
+
 def _systems(names: Sequence[str], path: str, device: str) -> dict[str, Callable[[], ScoreFn]]:
     """Factories for named systems; ``pixie:key=value,...`` passes settings to PixieScorer."""
     factories: dict[str, Callable[[], ScoreFn]] = {}
     for name in names:
         base, settings = parse_system(name)
-        if base in _CARD_SYSTEMS:
+        if base in _PEER_SYSTEMS:
+            factories[name] = lambda base=base, settings=settings: _peer_system(  # type: ignore[misc]
+                base, path, device, **settings
+            )
+        elif base in _CARD_SYSTEMS:
             dtype = "float32" if base == "card-fp32" else "bfloat16"
             factories[name] = lambda dtype=dtype: _crossencoder_system(path, device, dtype)  # type: ignore[misc]
         else:
@@ -379,16 +401,24 @@ def _systems(names: Sequence[str], path: str, device: str) -> dict[str, Callable
 
 
 def _missing_bench_extra(systems: Sequence[str]) -> str | None:
-    """What to install when a card-* system is asked for without sentence-transformers, else ``None``."""
+    """What to install when a card-* system is asked for without sentence-transformers (or a peer without its
+    runtime), else ``None``."""
     import importlib.util
 
     card = [name for name in systems if name.partition(":")[0] in _CARD_SYSTEMS]
-    if not card or importlib.util.find_spec("sentence_transformers") is not None:
-        return None
-    return (
-        f"{', '.join(card)} run the model card's code, which needs sentence-transformers: "
-        'pip install "pixie-integrations[bench]" (or time PixieScorer alone: --systems pixie pixie-fp32)'
-    )
+    if card and importlib.util.find_spec("sentence_transformers") is None:
+        return (
+            f"{', '.join(card)} run the model card's code, which needs sentence-transformers: "
+            'pip install "pixie-integrations[bench]" (or time PixieScorer alone: --systems pixie pixie-fp32)'
+        )
+    peers = [name for name in systems if name.partition(":")[0] in _PEER_SYSTEMS]
+    missing = sorted({module for name in peers for module in missing_peer_modules(name.partition(":")[0])})
+    if missing:
+        return (
+            f"{', '.join(peers)} need {', '.join(missing)}, not installed here: "
+            'pip install "pixie-integrations[bench-peers]"'
+        )
+    return None
 
 
 class _Progress:
@@ -546,8 +576,12 @@ def _memory_of_system(name: str, path: str, device: str, query: str, documents: 
     import torch  # noqa: F401  (the baseline includes torch and transformers, as every system needs them)
     import transformers  # noqa: F401
 
-    if name.partition(":")[0] in _CARD_SYSTEMS:
+    base = name.partition(":")[0]
+    if base in _CARD_SYSTEMS:
         import sentence_transformers  # noqa: F401
+    if base in _PEER_SYSTEMS:  # the runtime's own libraries count as the baseline, as torch does
+        for module in PEERS[base].modules:
+            importlib.import_module(module)
     idle = _rss_mb()
     score = _systems([name], path, device)[name]()
     score(query, documents)
@@ -648,8 +682,10 @@ def run_benchmark(
         model: A checkpoint to time; ``None`` builds a random one of ``shape`` (no download).
         shape: ``"pixie"`` (28 layers, PIXIE's FLOPs), ``"pixie-4l"`` (4 layers, for CPUs) or ``"tiny"``.
         systems: Which of ``card-fp32``, ``card-bf16`` (the model card's CrossEncoder path), ``pixie`` (defaults),
-            ``pixie-fp32``, ``pixie-noprefix``, ``pixie-compile``, ``pixie-padded`` to run. The first is the reference for ratios
-            and score differences.
+            ``pixie-fp32``, ``pixie-noprefix``, ``pixie-compile``, ``pixie-padded``, and the peers ``openvino-fp32``,
+            ``openvino-bf16``, ``openvino-int8``, ``onnxruntime-fp32``, ``onnxruntime-int8`` (CPU; their
+            ``batch_size`` default is 4, e.g. ``openvino-bf16:batch_size=8``) to run. The first is the reference for
+            ratios and score differences.
         device: ``None`` picks cuda, mps, then cpu.
         queries, docs_per_query: Shrink the workload.
         repeats: Timed passes over the workload (after one untimed warm-up query).
@@ -883,7 +919,9 @@ def register(subparsers: Any) -> None:
         default=["card-fp32", "card-bf16", "pixie"],
         help="systems to time; the first is the reference. card-fp32, card-bf16 (the model card's code), pixie, "
         "pixie-fp32, pixie-noprefix, pixie-compile, pixie-padded, or pixie:key=value,... for PixieScorer settings "
-        f"(e.g. pixie:token_budget=8192,compile=true; settings: {', '.join(_SETTINGS)}). Default: %(default)s",
+        f"(e.g. pixie:token_budget=8192,compile=true; settings: {', '.join(_SETTINGS)}); the same weights in "
+        f"OpenVINO or ONNX Runtime on CPU: {', '.join(_PEER_SYSTEMS)} (batch 4; e.g. openvino-bf16:batch_size=8; "
+        'pip install "pixie-integrations[bench-peers]"). Default: %(default)s',
     )
     parser.add_argument("--device", type=device, help="cpu, cuda, cuda:N or mps (default: the best available)")
     parser.add_argument("--queries", type=positive_int, help="use only this many queries")
