@@ -28,10 +28,9 @@ import torch
 
 from .batching import plan_pair_batches
 from .encoding import EncodedPair
-from .runner import PrefixState
 
 if TYPE_CHECKING:
-    from .scorer import PixieScorer
+    from .scorer import PixieScorer, PrefixCache
 
 __all__ = [
     "DEFAULT_MAX_PENDING_PAIRS",
@@ -242,7 +241,7 @@ class ScoringEngine:
     # -- the worker ------------------------------------------------------------------------------------------------
     def _work(self) -> None:
         pool: list[_Job] = []
-        prefix_cache: tuple[tuple[int, ...], PrefixState] | None = None
+        prefix_cache: PrefixCache = None
         while True:
             with self._cond:
                 while not self._intake and not pool and not self._closed:
@@ -282,9 +281,7 @@ class ScoringEngine:
         job.done = [False] * len(encoded)
         return True
 
-    def _run_next_batch(
-        self, pool: list[_Job], prefix_cache: tuple[tuple[int, ...], PrefixState] | None
-    ) -> tuple[tuple[int, ...], PrefixState] | None:
+    def _run_next_batch(self, pool: list[_Job], prefix_cache: PrefixCache) -> PrefixCache:
         """Plan batches over every pending pair and run the one holding the oldest request's first pending pair."""
         owners: list[tuple[_Job, int]] = []
         encoded: list[EncodedPair] = []
@@ -300,12 +297,7 @@ class ScoringEngine:
         # Owners are in request order, so index 0 is the oldest request's first pending pair.
         batch, shared = next((b, s) for b, s in plan if 0 in b)
         pairs = [encoded[i] for i in batch]
-        state = None
-        if shared and not scorer._runner.packs:  # packed batches carry their prefix themselves
-            prefix = pairs[0].prefix
-            if prefix_cache is None or prefix_cache[0] != prefix:
-                prefix_cache = (prefix, scorer._runner.encode_prefix(prefix))
-            state = prefix_cache[1]
+        state, prefix_cache = scorer._prefix_state(pairs, shared, prefix_cache)
         start = time.perf_counter()
         try:
             logits = scorer._forward_splitting(pairs, state, shared=shared)

@@ -27,6 +27,9 @@ __all__ = ["DEFAULT_MODEL", "PixieScorer", "RankResult"]
 
 logger = logging.getLogger(__name__)
 
+PrefixCache = tuple[tuple[int, ...], PrefixState] | None
+"""One prefix and its KV cache, kept while the batches of its query run."""
+
 DEFAULT_MODEL = "telepix/PIXIE-Spell-Reranker-Preview-0.6B"
 
 # Padded tokens per forward pass. Large batches feed a GPU; on CPU small ones win (per CPU class: cpu.py).
@@ -396,15 +399,11 @@ class PixieScorer:
 
             progress = tqdm(total=len(encoded), desc="Reranking", unit="pair")
         # Only the current query's prefix state is kept: batches of one query come one after another.
-        state_of: tuple[tuple[int, ...], PrefixState] | None = None
+        cached: PrefixCache = None
         try:
             for batch, shared in self._plan(encoded):
                 pairs = [encoded[i] for i in batch]
-                state = None
-                if shared and not self._runner.packs:  # packed batches carry their prefix themselves
-                    if state_of is None or state_of[0] is not pairs[0].prefix:
-                        state_of = (pairs[0].prefix, self._runner.encode_prefix(pairs[0].prefix))
-                    state = state_of[1]
+                state, cached = self._prefix_state(pairs, shared, cached)
                 out[batch] = self._forward_splitting(pairs, state, shared=shared)
                 if progress is not None:
                     progress.update(len(batch))
@@ -412,6 +411,18 @@ class PixieScorer:
             if progress is not None:
                 progress.close()
         return out
+
+    def _prefix_state(
+        self, pairs: list[EncodedPair], shared: bool, cached: PrefixCache
+    ) -> tuple[PrefixState | None, PrefixCache]:
+        """The KV cache a shared batch of padded pairs runs with (``None`` for other batches: packed ones carry their
+        prefix themselves), taken from ``cached`` when it holds this prefix; returns it and the cache to keep."""
+        if not shared or self._runner.packs:
+            return None, cached
+        prefix = pairs[0].prefix
+        if cached is None or cached[0] != prefix:
+            cached = (prefix, self._runner.encode_prefix(prefix))
+        return cached[1], cached
 
     def _plan(self, encoded: list[EncodedPair]) -> list[tuple[list[int], bool]]:
         """Batches of indices, each flagged whether its pairs share one prefix (run once, through its KV cache)."""
