@@ -158,31 +158,40 @@ class CpuDefaults:
     dtype: str
     token_budget: int
     reuse_prefix: bool
+    pack: bool
+    """Packed batches, attention per pair as blocked matrix multiplies (segment_attention), no padding."""
     measured: bool
     """Whether these defaults were measured on this class (docs/performance.md), or reasoned from another one."""
     why: str
 
 
-# Measured on the AMX class (docs/performance.md: budgets 512 to 4096, bf16 vs float32, prefix reuse on/off); the
-# AVX512-BF16 choice of bf16 comes from an AMD Zen 4 (bf16 GEMMs 2.2x float32 there) with the budget it was measured
-# at; the other classes keep float32, where bf16 is emulated and slower, and the budget of the earlier measurements.
+# bfloat16 where the CPU multiplies bf16 matrices natively (AMX; AVX512-BF16, where bf16 GEMMs run 2.2x float32 on an
+# AMD Zen 4), float32 elsewhere (bf16 is emulated there, slower). Budget and prefix reuse measured on AMX (budgets 512 to
+# 4096, reuse on/off); packing measured on AVX512-BF16 (bf16 1.25x, float32 1.10x over padded batches, same run) and
+# kept on every class: it removes padding and runs attention as matrix multiplies, which no CPU does slower than
+# SDPA's masked kernel. docs/performance.md has the figures.
 _DEFAULTS = {
     CpuClass.AMX: CpuDefaults(
-        "bfloat16", 1024, True, True, "AMX tiles run bfloat16 matrix multiplies ~3x faster than float32"
+        "bfloat16", 1024, True, True, True, "AMX tiles run bfloat16 matrix multiplies ~3x faster than float32"
     ),
     CpuClass.AVX512_BF16: CpuDefaults(
-        "bfloat16", 1024, True, True, "AVX512-BF16 runs bfloat16 matrix multiplies ~2.2x faster than float32"
+        "bfloat16", 1024, True, True, True, "AVX512-BF16 runs bfloat16 matrix multiplies ~2.2x faster than float32"
     ),
     CpuClass.AVX512: CpuDefaults(
-        "float32", 1024, True, False, "no bf16 instructions: bfloat16 would be emulated, slower than float32"
+        "float32", 1024, True, True, False, "no bf16 instructions: bfloat16 would be emulated, slower than float32"
     ),
     CpuClass.AVX2: CpuDefaults(
-        "float32", 1024, True, False, "no bf16 instructions: bfloat16 would be emulated, slower than float32"
+        "float32", 1024, True, True, False, "no bf16 instructions: bfloat16 would be emulated, slower than float32"
     ),
     CpuClass.ARM: CpuDefaults(
-        "float32", 1024, True, False, "bf16 speed on Arm varies by core and torch build; float32 is the safe choice"
+        "float32",
+        1024,
+        True,
+        True,
+        False,
+        "bf16 speed on Arm varies by core and torch build; float32 is the safe choice",
     ),
-    CpuClass.OTHER: CpuDefaults("float32", 1024, True, False, "unknown CPU: float32"),
+    CpuClass.OTHER: CpuDefaults("float32", 1024, True, True, False, "unknown CPU: float32"),
 }
 
 
@@ -192,22 +201,24 @@ def cpu_defaults(info: CpuInfo | None = None) -> CpuDefaults:
 
 
 @functools.cache
-def log_cpu_path_once(dtype: str, token_budget: int, reuse_prefix: bool, threads: int) -> None:
+def log_cpu_path_once(dtype: str, token_budget: int, reuse_prefix: bool, threads: int, pack: bool = False) -> None:
     """Say once per process (per distinct choice) which CPU path runs and why."""
     info = cpu_info()
     defaults = cpu_defaults(info)
     flags = ", ".join(info.flags) or "none of note"
     logger.info(
-        "CPU %s (class %s; %s): %s, token budget %d, prefix reuse %s, %d threads. Defaults for this class: %s, "
-        "budget %d (%s; %s).",
+        "CPU %s (class %s; %s): %s, %s batches, token budget %d, prefix reuse %s, %d threads. Defaults for this "
+        "class: %s, %s batches, budget %d (%s; %s).",
         info.model,
         info.cpu_class.value,
         flags,
         dtype,
+        "packed" if pack else "padded",
         token_budget,
         "on" if reuse_prefix else "off",
         threads,
         defaults.dtype,
+        "packed" if defaults.pack else "padded",
         defaults.token_budget,
         defaults.why,
         "measured on this class" if defaults.measured else "not measured on this class",

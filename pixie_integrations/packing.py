@@ -3,9 +3,13 @@
 A padded batch spends compute on pad tokens and its shape changes with every batch. A packed batch concatenates the
 pairs into one sequence (positions restart at 0 for each pair, so rotary embeddings see what they see alone) and
 runs attention per pair through a variable-length kernel: PyTorch's ``varlen_attn`` (its FlashAttention kernel; CUDA,
-bf16/fp16), else the ``flash-attn`` package's ``flash_attn_varlen_func`` where installed. Elsewhere (CPU, MPS, old
-torch) a per-pair loop over SDPA computes the same thing slowly; it exists so that the packing logic is testable
-anywhere, and :func:`fast_kernel` tells the scorer not to pack by default there.
+bf16/fp16), else the ``flash-attn`` package's ``flash_attn_varlen_func`` where installed. Elsewhere (CPU, MPS, float32)
+:func:`~pixie_integrations.segment_attention.segment_attention` runs each pair's attention as blocked matrix
+multiplies: on a CPU that is faster than SDPA; :func:`fast_kernel` names the CUDA kernels only.
+
+A query's prefix shared by a batch's pairs either runs as a segment of the batch that the others attend to
+(:func:`pack_with_prefix`, the CUDA layout) or comes as its cached keys and values (:data:`PREFIX_KV`, the CPU one:
+the prefix then runs once per query, not once per batch).
 
 The model keeps its own attention for every unpacked call: the attention function registered here hands those to
 transformers' SDPA function, with SDPA's masks.
@@ -20,7 +24,17 @@ from typing import Any
 
 import torch
 
-__all__ = ["PACKED_ATTENTION", "PackedBatch", "enable_packed_attention", "fast_kernel", "pack", "pack_with_prefix"]
+from .segment_attention import segment_attention
+
+__all__ = [
+    "PACKED_ATTENTION",
+    "PREFIX_KV",
+    "PackedBatch",
+    "enable_packed_attention",
+    "fast_kernel",
+    "pack",
+    "pack_with_prefix",
+]
 
 PACKED_ATTENTION = "pixie_packed"
 """The attention implementation name this module registers with transformers."""
@@ -124,6 +138,8 @@ class PackedBatch:
 
 KV_INDEX = "pixie_kv_index"
 """The keyword argument carrying :attr:`PackedBatch.kv_index` down to attention."""
+PREFIX_KV = "pixie_prefix_kv"
+"""The keyword argument carrying a query's cached prefix (per layer: keys, values) down to attention."""
 
 
 def _cumulative(lengths: torch.Tensor) -> torch.Tensor:
@@ -150,12 +166,13 @@ def _lengths(rows: Sequence[Sequence[int]]) -> torch.Tensor:
     return lengths
 
 
-def pack(rows: Sequence[Sequence[int]]) -> PackedBatch:
-    """Concatenate rows of token ids into one packed batch."""
+def pack(rows: Sequence[Sequence[int]], *, first_position: int = 0) -> PackedBatch:
+    """Concatenate rows of token ids into one packed batch. ``first_position``: where each row's positions start
+    (after a cached prefix of that many tokens; 0 for whole pairs)."""
     lengths = _lengths(rows)
     cu = _cumulative(lengths)
     starts = cu[:-1].long()
-    positions = torch.arange(int(cu[-1])) - torch.repeat_interleave(starts, lengths)
+    positions = torch.arange(int(cu[-1])) - torch.repeat_interleave(starts, lengths) + first_position
     longest = int(lengths.max())
     return PackedBatch(
         input_ids=_concat(rows, lengths).unsqueeze(0),
@@ -238,6 +255,13 @@ def packed_attention(
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
+    prefix = kwargs.get(PREFIX_KV)
+    if prefix is not None:  # a query's cached prefix: every segment's keys are the prefix's, then its own
+        prefix_key, prefix_value = prefix[module.layer_idx]  # type: ignore[index]
+        out = segment_attention(
+            query[0], key[0], value[0], cu_q, kwargs["cu_seq_lens_k"], scaling, prefix_key[0], prefix_value[0]
+        )
+        return out.unsqueeze(0), None
     # (1, heads, tokens, dim) -> (tokens, heads, dim), the varlen layout.
     q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))
     kv_index = kwargs.get(KV_INDEX)
@@ -279,33 +303,9 @@ def varlen_causal(
         flash = _KERNELS.flash_attn
         if flash is not None:  # handles grouped-query heads natively
             return flash(q, k, v, cu_q, cu_k, max_q, max_k, softmax_scale=scale, causal=True)
-    return _reference_attention(q, k, v, cu_q, cu_k, scale)
+    out = segment_attention(q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1), cu_q, cu_k, scale)
+    return out
 
 
 def _repeat_heads(t: torch.Tensor, heads: int) -> torch.Tensor:
     return t.repeat_interleave(heads // t.shape[1], dim=1)
-
-
-# An opaque operator to torch.compile (like the CUDA kernels): a compiled packed model is one graph on any device.
-@torch.library.custom_op("pixie_integrations::packed_attention_reference", mutates_args=())
-def _reference_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_q: torch.Tensor, cu_k: torch.Tensor, scale: float | None
-) -> torch.Tensor:
-    """The same attention one sequence at a time with SDPA (any device and dtype): exact, and slow."""
-    k, v = (_repeat_heads(t, q.shape[1]) for t in (k, v))
-    out = torch.empty_like(q)
-    bounds_q, bounds_k = cu_q.tolist(), cu_k.tolist()
-    for i in range(len(bounds_q) - 1):
-        q0, q1, k0, k1 = bounds_q[i], bounds_q[i + 1], bounds_k[i], bounds_k[i + 1]
-        n_q, n_k = q1 - q0, k1 - k0
-        mask = torch.ones(n_q, n_k, dtype=torch.bool, device=q.device).tril(n_k - n_q)
-        seq = torch.nn.functional.scaled_dot_product_attention(
-            q[q0:q1].transpose(0, 1), k[k0:k1].transpose(0, 1), v[k0:k1].transpose(0, 1), attn_mask=mask, scale=scale
-        )
-        out[q0:q1] = seq.transpose(0, 1)
-    return out
-
-
-@_reference_attention.register_fake
-def _(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_q: torch.Tensor, cu_k: torch.Tensor, scale: float | None):
-    return torch.empty_like(q)

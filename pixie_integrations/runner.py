@@ -13,7 +13,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -22,7 +22,7 @@ from .batching import bucket_shape
 from .encoding import EncodedPair
 from .families import ModelFamily
 from .loading import LoadedModel
-from .packing import enable_packed_attention, pack, pack_with_prefix
+from .packing import PREFIX_KV, enable_packed_attention, fast_kernel, pack, pack_with_prefix
 
 __all__ = ["ModelRunner", "PrefixState"]
 
@@ -70,6 +70,10 @@ class ModelRunner:
         parameters = inspect.signature(self._backbone.forward).parameters
         self._cache_kw = "cache" if "cache" in parameters else "past_key_values"
         self.packs = pack and family.uses_template and self._enable_packing()
+        # With a variable-length CUDA kernel, or compiled (a cached prefix, indexed per layer, would give each layer
+        # a graph of its own), a shared prefix runs inside each packed batch (pack_with_prefix); otherwise packed
+        # batches read a query's cached prefix, which then runs once per query, not once per batch.
+        self._prefix_in_batch = compile or fast_kernel(loaded.device, loaded.dtype) is not None
         # Packed batches are trusted once one has run: a first failure (a kernel this torch lacks, a signature it
         # changed) falls back to padded batches, logged; a later failure is a real error and propagates.
         self._packed_ran = False
@@ -121,17 +125,9 @@ class ModelRunner:
         then runs once (padded batches share it only through :meth:`run_with_prefix`)."""
         device = self._loaded.device
         if self.packs:
-            try:
-                logits = self._run_packed(batch, share_prefix)
-            except torch.OutOfMemoryError:
-                raise  # the scorer splits the batch and retries
-            except Exception as exc:
-                if self._packed_ran:
-                    raise
-                self._stop_packing(exc)
-                return self(batch)
-            self._packed_ran = True
-            return logits
+            return self._packed_or_padded(
+                lambda: self._run_packed(batch, share_prefix), lambda: self(batch, share_prefix=share_prefix)
+            )
         rows = [pair.input_ids for pair in batch]
         if self._compile and self._loaded.family is not ModelFamily.ENCODER:
             return self._run_bucketed(rows)
@@ -153,6 +149,26 @@ class ModelRunner:
         # pad and the scores are those of a masked pass; SDPA then runs its causal kernel instead of a masked one.
         hidden = self._model(input_ids=ids.to(device), use_cache=False).last_hidden_state
         return self._head(hidden, lengths)
+
+    @property
+    def prefix_in_batch(self) -> bool:
+        """Whether a packed batch of pairs sharing a prefix runs that prefix itself (``__call__`` with
+        ``share_prefix``), rather than reading its cached keys and values (:meth:`run_with_prefix`)."""
+        return self.packs and self._prefix_in_batch
+
+    def _packed_or_padded(self, packed: Callable[[], torch.Tensor], padded: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """Run a packed batch; where the first one fails on this setup, stop packing and run it padded."""
+        try:
+            logits = packed()
+        except torch.OutOfMemoryError:
+            raise  # the scorer splits the batch and retries
+        except Exception as exc:
+            if self._packed_ran:
+                raise
+            self._stop_packing(exc)
+            return padded()
+        self._packed_ran = True
+        return logits
 
     def _stop_packing(self, exc: Exception) -> None:
         logger.warning(
@@ -179,6 +195,15 @@ class ModelRunner:
             hidden = self._model(**inputs).last_hidden_state
         return self._logits(hidden[0, packed.last.to(hidden.device)])
 
+    def _run_packed_rests(self, state: PrefixState, batch: Sequence[EncodedPair]) -> torch.Tensor:
+        """The documents and suffixes of pairs sharing a cached prefix, packed: they attend to the prefix's cached
+        keys and values, then to their own (segment_attention)."""
+        packed = pack([pair.rest for pair in batch], first_position=int(state[0][0].shape[-2]))
+        inputs = packed.model_kwargs(self._loaded.device)
+        inputs[PREFIX_KV] = state
+        hidden = self._model(**inputs).last_hidden_state
+        return self._logits(hidden[0, packed.last.to(hidden.device)])
+
     def _run_bucketed(self, rows: Sequence[Sequence[int]]) -> torch.Tensor:
         """The compiled forward on a batch padded to its bucket (few distinct shapes: one compilation each)."""
         n_rows, width = bucket_shape(len(rows), max(len(r) for r in rows), self._token_budget)
@@ -198,6 +223,10 @@ class ModelRunner:
     @torch.inference_mode()
     def run_with_prefix(self, state: PrefixState, batch: Sequence[EncodedPair]) -> torch.Tensor:
         """Logits for pairs sharing the prefix that ``state`` holds: only their documents and suffixes run."""
+        if self.packs:
+            return self._packed_or_padded(
+                lambda: self._run_packed_rests(state, batch), lambda: self.run_with_prefix(state, batch)
+            )
         device = self._loaded.device
         cache = _new_cache(self._loaded.model.config)
         for layer, (keys, values) in enumerate(state):

@@ -71,22 +71,23 @@ class PixieScorer:
         tokenizer_kwargs: Extra keyword arguments for ``AutoTokenizer.from_pretrained``.
         config_kwargs: Extra keyword arguments for ``AutoConfig.from_pretrained`` (config attributes to override).
         reuse_prefix: Run the shared part of a query's inputs (system prompt, instruction, query) once and reuse it
-            for all of that query's documents. Same scores, a fifth less compute. Padded batches keep the prefix's
-            key/value cache; packed batches hold the prefix once per batch, every document attending to it.
-            ``None``: on for CPU and MPS; off on CUDA (with padded batches the cache-extended attention mask cost
-            more than it saved there; packed prefix sharing is not yet timed on a GPU) and with ``compile=True``
-            on padded batches (a cached prefix runs eager).
+            for all of that query's documents. Same scores, a fifth less compute. Padded batches, and packed ones
+            on a CPU, read the prefix's key/value cache (the prefix runs once per query); packed batches on CUDA
+            hold the prefix once per batch, every document attending to it. ``None``: on for CPU and MPS; off on
+            CUDA (with padded batches the cache-extended attention mask cost more than it saved there; packed
+            prefix sharing is not yet timed on a GPU) and with ``compile=True`` on padded batches (a cached prefix
+            runs eager).
         compile: ``torch.compile`` the model. Packed batches compile once with dynamic shapes (one more graph for
             the shared-prefix layout); padded batches use static shapes, each batch padded up to one of a few
             (rows x tokens) buckets that compiles once. Each compilation is logged with its time (seconds to
             minutes) and cached on disk (``$TORCHINDUCTOR_CACHE_DIR``, else the user's cache folder), so the next
             process starts warm. Shared by every scorer of the same loaded model.
-        pack: Run each batch as one packed sequence: no padding, and attention stays within each pair through a
-            variable-length FlashAttention kernel. ``None``: on where such a kernel exists (CUDA with bf16/fp16 and
-            torch >= 2.9, or the ``flash-attn`` package), off elsewhere. ``True`` on a CPU runs the same layout with
-            a slow per-pair attention loop (same scores; for testing). Needs SDPA attention (the default) and a
-            template family; if the first packed batch fails (a kernel the GPU lacks), the scorer logs a warning
-            and pads from then on.
+        pack: Run each batch as one packed sequence: no padding, and attention stays within each pair. On CUDA a
+            variable-length FlashAttention kernel runs it (torch >= 2.9 with bf16/fp16, or the ``flash-attn``
+            package); elsewhere each pair's attention runs as blocked matrix multiplies, which on a CPU is faster
+            than SDPA's masked kernel. ``None``: on where the CUDA kernel exists; on a CPU, per CPU class
+            (on for every class, off with ``compile=True``); off elsewhere. Needs SDPA attention (the default) and
+            a template family; if the first packed batch fails, the scorer logs a warning and pads from then on.
     """
 
     def __init__(
@@ -145,7 +146,9 @@ class PixieScorer:
         self._encoder = PairEncoder(self._loaded, max_length=max_length)
         kernel = fast_kernel(self.device, self.dtype)
         if pack is None:
-            pack = kernel is not None
+            # CUDA: where a variable-length kernel exists. CPU: per CPU class, uncompiled (compiled CPU batches pad
+            # to shape buckets, measured as the faster compiled path there).
+            pack = kernel is not None or (cpu and not compile and cpu_defaults().pack)
         self._runner = ModelRunner(self._loaded, compile=compile, token_budget=self.token_budget, pack=pack)
         if reuse_prefix is None:
             # Compiled padded batches have bucketed static shapes; a cached prefix (its length differs per query)
@@ -156,7 +159,7 @@ class PixieScorer:
         self.reuse_prefix = reuse_prefix and self._runner.supports_shared_prefix
         if cpu:
             dtype_name = str(self.dtype).removeprefix("torch.")
-            log_cpu_path_once(dtype_name, self.token_budget, self.reuse_prefix, torch.get_num_threads())
+            log_cpu_path_once(dtype_name, self.token_budget, self.reuse_prefix, torch.get_num_threads(), self.pack)
         elif self.device.type == "cuda":
             logger.info(
                 "%s on %s: %s, %s, token budget %d, compile=%s, prefix reuse %s.",
@@ -415,9 +418,9 @@ class PixieScorer:
     def _prefix_state(
         self, pairs: list[EncodedPair], shared: bool, cached: PrefixCache
     ) -> tuple[PrefixState | None, PrefixCache]:
-        """The KV cache a shared batch of padded pairs runs with (``None`` for other batches: packed ones carry their
+        """The KV cache a shared batch runs with (``None`` for other batches, and for packed batches that run their
         prefix themselves), taken from ``cached`` when it holds this prefix; returns it and the cache to keep."""
-        if not shared or self._runner.packs:
+        if not shared or self._runner.prefix_in_batch:
             return None, cached
         prefix = pairs[0].prefix
         if cached is None or cached[0] != prefix:

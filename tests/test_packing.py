@@ -14,7 +14,9 @@ import torch
 
 from pixie_integrations import PixieScorer
 from pixie_integrations import packing as packing_module
+from pixie_integrations.cpu import cpu_defaults
 from pixie_integrations.packing import PACKED_ATTENTION, fast_kernel, pack, pack_with_prefix, varlen_causal
+from pixie_integrations.segment_attention import segment_attention
 from pixie_integrations.testing import SAMPLE_DOCUMENTS, SAMPLE_QUERIES
 
 # Lengths from a few tokens to a few hundred, Korean and English, so batches mix very different rows.
@@ -38,6 +40,8 @@ def test_pack_lays_pairs_end_to_end_with_positions_restarting() -> None:
         pack([])
     with pytest.raises(ValueError, match="empty row"):
         pack([[1], []])
+    after_prefix = pack([[5, 6], [7]], first_position=4)  # documents after a cached prefix of 4 tokens
+    assert after_prefix.position_ids.tolist() == [[4, 5, 4]] and after_prefix.last.tolist() == [1, 2]
 
 
 def test_varlen_attention_equals_attention_of_each_sequence_alone() -> None:
@@ -85,12 +89,60 @@ def test_packed_prefix_runs_once_per_batch_with_the_same_scores(tiny_reranker: P
     assert packed.kv_index is not None and packed.kv_index.tolist()[3:8] == [0, 1, 2, 3, 4]
     assert packed.last.tolist() == [4, 5, 8]  # the documents' last tokens; the prefix segment is not scored
 
+    # The layout CUDA runs (a scorer on a CPU reads a cached prefix instead, below): the runner on one query's pairs.
     scorer = _scorer(tiny_reranker, pack=True, reuse_prefix=True)
-    assert scorer.pack and scorer.reuse_prefix
+    query = SAMPLE_QUERIES[1]
+    encoded, _ = scorer._encoder.encode([(query, d) for d in DOCS], scorer.instruction)
+    logits = scorer._runner(encoded, share_prefix=True)
+    assert torch.sigmoid(logits).tolist() == pytest.approx(tiny_scorer.score(query, DOCS), abs=1e-5)
+
+
+def test_packed_batches_on_a_cpu_read_the_cached_prefix_once_per_query(
+    tiny_reranker: Path, tiny_scorer: PixieScorer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    scorer = _scorer(tiny_reranker, pack=True, reuse_prefix=True)
+    assert scorer.pack and scorer.reuse_prefix and not scorer._runner.prefix_in_batch
+    prefixes: list[int] = []
+    encode_prefix = scorer._runner.encode_prefix
+    monkeypatch.setattr(scorer._runner, "encode_prefix", lambda p: prefixes.append(len(p)) or encode_prefix(p))
     expected = tiny_scorer.score_pairs(PAIRS)
+    scorer.token_budget = 128  # a query's documents over several batches, all reading one cached prefix
     assert scorer.score_pairs(PAIRS) == pytest.approx(expected, abs=1e-5)
-    scorer.token_budget = 128  # a query's documents over several batches, each with the prefix once
-    assert scorer.score_pairs(PAIRS) == pytest.approx(expected, abs=1e-5)
+    assert len(prefixes) == len(SAMPLE_QUERIES)
+    assert len(scorer._plan(scorer._encoder.encode(PAIRS, scorer.instruction)[0])) > 2 * len(SAMPLE_QUERIES)
+    scorer.token_budget = 4096
+    assert scorer.score_pairs(PAIRS, raw=True) == pytest.approx(tiny_scorer.score_pairs(PAIRS, raw=True), abs=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_segment_attention_equals_sdpa_per_segment(dtype: torch.dtype) -> None:
+    # Segments shorter and longer than a block of queries (64 or 128 rows), with and without a cached prefix.
+    torch.manual_seed(0)
+    lengths, heads, kv_heads, dim, n_prefix = [1, 70, 300, 600], 4, 2, 16, 7
+    total = sum(lengths)
+    q = torch.randn(heads, total, dim, dtype=dtype)
+    k, v = torch.randn(2, kv_heads, total, dim, dtype=dtype)
+    prefix_k, prefix_v = torch.randn(2, kv_heads, n_prefix, dim, dtype=dtype)
+    cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32)
+    plain = segment_attention(q, k, v, cu, cu, 0.3)
+    with_prefix = segment_attention(q, k, v, cu, cu, 0.3, prefix_k, prefix_v)
+    tolerance = 1e-5 if dtype is torch.float32 else 2e-2
+    for start, end in zip(cu[:-1].tolist(), cu[1:].tolist()):
+        n = end - start
+        for out, keys, values in (
+            (plain, k[:, start:end], v[:, start:end]),
+            (with_prefix, torch.cat([prefix_k, k[:, start:end]], 1), torch.cat([prefix_v, v[:, start:end]], 1)),
+        ):
+            mask = torch.ones(n, keys.shape[1], dtype=torch.bool).tril(keys.shape[1] - n)
+            expected = torch.nn.functional.scaled_dot_product_attention(
+                q[:, start:end].float(),
+                keys.repeat_interleave(2, 0).float(),
+                values.repeat_interleave(2, 0).float(),
+                attn_mask=mask,
+                scale=0.3,
+            )
+            assert out.dtype == dtype and out.shape == (total, heads, dim)
+            assert (out[start:end].float() - expected.transpose(0, 1)).abs().max() < tolerance
 
 
 def test_a_packing_model_keeps_its_unpacked_paths(tiny_reranker: Path, tiny_scorer: PixieScorer) -> None:
@@ -107,10 +159,12 @@ def test_a_packing_model_keeps_its_unpacked_paths(tiny_reranker: Path, tiny_scor
     assert asyncio.run(packing.ascore(query, DOCS)) == pytest.approx(tiny_scorer.score(query, DOCS), abs=1e-5)
 
 
-def test_packing_is_off_by_default_without_a_varlen_kernel(tiny_reranker: Path, tiny_encoder: Path) -> None:
-    assert fast_kernel(torch.device("cpu"), torch.bfloat16) is None
+def test_packing_defaults_on_a_cpu(tiny_reranker: Path, tiny_encoder: Path) -> None:
+    assert fast_kernel(torch.device("cpu"), torch.bfloat16) is None  # the CUDA kernels only
     assert fast_kernel(torch.device("cpu"), torch.float32) is None
-    assert _scorer(tiny_reranker).pack is False
+    assert cpu_defaults().pack
+    assert _scorer(tiny_reranker).pack is True  # per CPU class: blocked-matmul attention, no padding
+    assert _scorer(tiny_reranker, compile=True).pack is False  # compiled CPU batches pad to shape buckets
     # Encoders are bidirectional: never packed, scores untouched.
     encoder = PixieScorer(str(tiny_encoder), device="cpu", dtype="float32", pack=True)
     assert encoder.pack is False

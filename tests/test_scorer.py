@@ -428,6 +428,7 @@ def test_out_of_memory_splits_the_batch_and_loses_nothing(tiny_reranker: Path, p
                 raise torch.OutOfMemoryError("CUDA out of memory (injected)")
 
         packs = real_runner.packs
+        prefix_in_batch = real_runner.prefix_in_batch
 
         def __call__(self, batch, *, share_prefix=False):  # type: ignore[no-untyped-def]
             self._check(batch)
