@@ -247,7 +247,7 @@ def test_example_runs_offline_with_tiny_model() -> None:
     root = Path(__file__).resolve().parents[1]
     env = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     result = subprocess.run(
-        [sys.executable, "examples/gpu_fast_path.py", "--tiny", "--device", "cpu"],
+        [sys.executable, "examples/packed_batches.py", "--tiny", "--device", "cpu"],
         cwd=root,
         capture_output=True,
         text=True,

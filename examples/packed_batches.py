@@ -1,10 +1,11 @@
-"""The GPU fast path: packed batches (no padding), optionally compiled, against padded batches on the same model.
+"""Packed batches (no padding; the default on CPUs and on CUDA), optionally compiled, against padded batches.
 
-python examples/gpu_fast_path.py                      # the real model on the best device (downloads it once)
-python examples/gpu_fast_path.py --model ./pixie      # a local copy
-python examples/gpu_fast_path.py --compile            # also torch.compile (one graph; cached on disk)
-python examples/gpu_fast_path.py --tiny               # offline: a tiny random model (on a CPU, packed attention
-                                                      # runs a slow reference loop: same scores, no speed-up)
+python examples/packed_batches.py                     # the real model on the best device (downloads it once)
+python examples/packed_batches.py --model ./pixie     # a local copy
+python examples/packed_batches.py --device cpu        # on a CPU: each pair's attention as blocked matrix multiplies
+python examples/packed_batches.py --compile           # also torch.compile (on CUDA: one graph; cached on disk)
+python examples/packed_batches.py --tiny              # offline: a tiny random model (same scores; too small to
+                                                      # show a speed-up)
 
 Prints how each scorer runs, the largest score difference between them, and their time for 100 documents.
 """
@@ -51,7 +52,7 @@ def main() -> int:
 
         model = str(build_tiny_reranker(tempfile.mkdtemp(prefix="tiny-pixie-")))
     try:
-        # pack=True: on a CUDA GPU with bf16 that is the default; elsewhere it shows the same layout, slowly.
+        # pack=True: the default on CPUs and on CUDA GPUs with bf16 (asked for here so that --compile keeps it).
         packed = PixieScorer(model, device=args.device, pack=True, compile=args.compile)
         padded = PixieScorer(model, device=args.device, pack=False)
     except ModelLoadError as exc:
