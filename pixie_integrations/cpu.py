@@ -166,32 +166,26 @@ class CpuDefaults:
 
 
 # bfloat16 where the CPU multiplies bf16 matrices natively (AMX; AVX512-BF16, where bf16 GEMMs run 2.2x float32 on an
-# AMD Zen 4), float32 elsewhere (bf16 is emulated there, slower). Budget and prefix reuse measured on AMX (budgets 512 to
-# 4096, reuse on/off); packing measured on AVX512-BF16 (bf16 1.25x, float32 1.10x over padded batches, same run) and
-# kept on every class: it removes padding and runs attention as matrix multiplies, which no CPU does slower than
-# SDPA's masked kernel. docs/performance.md has the figures.
+# AMD Zen 4), float32 elsewhere (bf16 is emulated there, slower). Budget and prefix reuse measured on AMX (budgets 512
+# to 4096, reuse on/off). Packing measured on AVX512-BF16 (1.14-1.25x over padded batches in bf16, 1.14x in float32)
+# and on for every class: it removes padding and the masked half of attention, work every CPU would do; not yet
+# timed on the others. docs/performance.md has the figures.
+def _bf16(why: str) -> CpuDefaults:
+    return CpuDefaults(dtype="bfloat16", token_budget=1024, reuse_prefix=True, pack=True, measured=True, why=why)
+
+
+def _fp32(why: str) -> CpuDefaults:
+    return CpuDefaults(dtype="float32", token_budget=1024, reuse_prefix=True, pack=True, measured=False, why=why)
+
+
+_NO_BF16 = "no bf16 instructions: bfloat16 would be emulated, slower than float32"
 _DEFAULTS = {
-    CpuClass.AMX: CpuDefaults(
-        "bfloat16", 1024, True, True, True, "AMX tiles run bfloat16 matrix multiplies ~3x faster than float32"
-    ),
-    CpuClass.AVX512_BF16: CpuDefaults(
-        "bfloat16", 1024, True, True, True, "AVX512-BF16 runs bfloat16 matrix multiplies ~2.2x faster than float32"
-    ),
-    CpuClass.AVX512: CpuDefaults(
-        "float32", 1024, True, True, False, "no bf16 instructions: bfloat16 would be emulated, slower than float32"
-    ),
-    CpuClass.AVX2: CpuDefaults(
-        "float32", 1024, True, True, False, "no bf16 instructions: bfloat16 would be emulated, slower than float32"
-    ),
-    CpuClass.ARM: CpuDefaults(
-        "float32",
-        1024,
-        True,
-        True,
-        False,
-        "bf16 speed on Arm varies by core and torch build; float32 is the safe choice",
-    ),
-    CpuClass.OTHER: CpuDefaults("float32", 1024, True, True, False, "unknown CPU: float32"),
+    CpuClass.AMX: _bf16("AMX tiles run bfloat16 matrix multiplies ~3x faster than float32"),
+    CpuClass.AVX512_BF16: _bf16("AVX512-BF16 runs bfloat16 matrix multiplies ~2.2x faster than float32"),
+    CpuClass.AVX512: _fp32(_NO_BF16),
+    CpuClass.AVX2: _fp32(_NO_BF16),
+    CpuClass.ARM: _fp32("bf16 speed on Arm varies by core and torch build; float32 is the safe choice"),
+    CpuClass.OTHER: _fp32("unknown CPU: float32"),
 }
 
 

@@ -101,7 +101,7 @@ def test_bf16_on_a_cpu_without_bf16_units_warns_once(
     assert any("class avx2" in r.getMessage() and "not measured" in r.getMessage() for r in caplog.records)
 
 
-# -- shape buckets (compile=True) --------------------------------------------------------------------------------
+# -- shape buckets (compile=True, pack=False) ---------------------------------------------------------------------
 def test_bucket_widths_step_by_at_most_half() -> None:
     widths = [bucket_width(w) for w in range(1, 3000)]
     assert widths[:16] == [16] * 16 and sorted(set(widths))[:8] == [16, 24, 32, 48, 64, 96, 128, 192]
@@ -142,7 +142,7 @@ def test_compiled_scorer_matches_eager_and_logs_each_bucket_once(
     # A distinct registry key (config override), so the shared eager model is not the compiled one.
     with caplog.at_level(logging.INFO, logger="pixie_integrations.runner"):
         compiled = PixieScorer(
-            str(tiny_reranker), device="cpu", dtype="float32", compile=True, config_kwargs={"test_copy": 1}
+            str(tiny_reranker), device="cpu", dtype="float32", compile=True, pack=False, config_kwargs={"test_copy": 1}
         )
         assert compiled.reuse_prefix is False
         first = compiled.score(QUERY, DOCS)

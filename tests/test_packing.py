@@ -164,7 +164,8 @@ def test_packing_defaults_on_a_cpu(tiny_reranker: Path, tiny_encoder: Path) -> N
     assert fast_kernel(torch.device("cpu"), torch.float32) is None
     assert cpu_defaults().pack
     assert _scorer(tiny_reranker).pack is True  # per CPU class: blocked-matmul attention, no padding
-    assert _scorer(tiny_reranker, compile=True).pack is False  # compiled CPU batches pad to shape buckets
+    compiled = _scorer(tiny_reranker, compile=True)  # compiled: packed too, the prefix as a segment of each batch
+    assert compiled.pack and compiled.reuse_prefix and compiled._runner.prefix_in_batch
     # Encoders are bidirectional: never packed, scores untouched.
     encoder = PixieScorer(str(tiny_encoder), device="cpu", dtype="float32", pack=True)
     assert encoder.pack is False
