@@ -303,8 +303,7 @@ def varlen_causal(
         flash = _KERNELS.flash_attn
         if flash is not None:  # handles grouped-query heads natively
             return flash(q, k, v, cu_q, cu_k, max_q, max_k, softmax_scale=scale, causal=True)
-    out = segment_attention(q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1), cu_q, cu_k, scale)
-    return out
+    return segment_attention(q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1), cu_q, cu_k, scale)
 
 
 def _repeat_heads(t: torch.Tensor, heads: int) -> torch.Tensor:

@@ -22,7 +22,7 @@ from .batching import bucket_shape
 from .encoding import EncodedPair
 from .families import ModelFamily
 from .loading import LoadedModel
-from .packing import PREFIX_KV, enable_packed_attention, fast_kernel, pack, pack_with_prefix
+from .packing import PREFIX_KV, PackedBatch, enable_packed_attention, fast_kernel, pack, pack_with_prefix
 
 __all__ = ["ModelRunner", "PrefixState"]
 
@@ -187,21 +187,21 @@ class ModelRunner:
             packed = pack_with_prefix(batch[0].prefix, [pair.rest for pair in batch])
         else:
             packed = pack([pair.input_ids for pair in batch])
-        inputs = packed.model_kwargs(self._loaded.device)
         # Compiled with dynamic shapes: one graph for every plain packed batch, one for every shared-prefix one.
         label = "packed batches with a shared prefix" if share_prefix else "packed batches"
-        step = _compile_step(self._loaded, label) if self._compile else contextlib.nullcontext()
-        with step:
-            hidden = self._model(**inputs).last_hidden_state
-        return self._logits(hidden[0, packed.last.to(hidden.device)])
+        with _compile_step(self._loaded, label) if self._compile else contextlib.nullcontext():
+            return self._forward_packed(packed)
 
     def _run_packed_rests(self, state: PrefixState, batch: Sequence[EncodedPair]) -> torch.Tensor:
         """The documents and suffixes of pairs sharing a cached prefix, packed: they attend to the prefix's cached
         keys and values, then to their own (segment_attention)."""
         packed = pack([pair.rest for pair in batch], first_position=int(state[0][0].shape[-2]))
-        inputs = packed.model_kwargs(self._loaded.device)
-        inputs[PREFIX_KV] = state
-        hidden = self._model(**inputs).last_hidden_state
+        return self._forward_packed(packed, **{PREFIX_KV: state})
+
+    def _forward_packed(self, packed: PackedBatch, **extra: Any) -> torch.Tensor:
+        """The model on one packed batch (``extra``: more keyword arguments for attention); the head at each pair's
+        last token."""
+        hidden = self._model(**packed.model_kwargs(self._loaded.device), **extra).last_hidden_state
         return self._logits(hidden[0, packed.last.to(hidden.device)])
 
     def _run_bucketed(self, rows: Sequence[Sequence[int]]) -> torch.Tensor:

@@ -152,7 +152,7 @@ class PixieScorer:
         self._runner = ModelRunner(self._loaded, compile=compile, token_budget=self.token_budget, pack=pack)
         if reuse_prefix is None:
             # Compiled padded batches have bucketed static shapes; a cached prefix (its length differs per query)
-            # runs eager. Packed batches hold their prefix themselves, compiled or not.
+            # runs eager. Packed batches share the prefix compiled or not (read from its cache, or run in-batch).
             reuse_prefix = (self._runner.packs or not compile) and (
                 cpu_defaults().reuse_prefix if cpu else self.device.type != "cuda"
             )
@@ -434,8 +434,8 @@ class PixieScorer:
     def _forward_splitting(
         self, batch: list[EncodedPair], state: PrefixState | None, *, shared: bool = False
     ) -> torch.Tensor:
-        """Forward one batch (``shared``: its pairs share one prefix, whose KV cache ``state`` holds unless batches
-        are packed); on out-of-memory, halve it and retry so that no pair is lost."""
+        """Forward one batch (``shared``: its pairs share one prefix, whose KV cache ``state`` holds unless packed
+        batches run the prefix themselves); on out-of-memory, halve it and retry so that no pair is lost."""
         try:
             if state is not None:
                 return self._runner.run_with_prefix(state, batch)

@@ -100,6 +100,8 @@ def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor
     offset = n_k - n_q  # keys before the first query (a prefix): every query sees them
     grouped = q.unflatten(0, (kv_heads, group))
     block = _block_rows(n_q)
+    # Above a block's diagonal: its top-left corner masks a shorter last block the same way.
+    above = torch.ones(block, block, dtype=torch.bool, device=q.device).triu_(1)
     for start in range(0, n_q, block):
         end = min(n_q, start + block)
         rows, seen = end - start, offset + end
@@ -107,8 +109,7 @@ def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor
         # the heads sharing a key head make one matrix against that head's keys.
         queries = torch.mul(grouped[:, :, start:end], scale).reshape(kv_heads, group * rows, dim)
         scores = torch.matmul(queries, k[:, :seen].mT)
-        diagonal = torch.ones(rows, rows, dtype=torch.bool, device=q.device).triu_(1)
-        scores.view(kv_heads, group, rows, seen)[..., offset + start :].masked_fill_(diagonal, float("-inf"))
+        scores.view(kv_heads, group, rows, seen)[..., offset + start :].masked_fill_(above[:rows, :rows], float("-inf"))
         # Softmax accumulates in float32 for bf16/fp16 inputs; its output, in the input dtype, meets the values.
         probs = torch.softmax(scores, dim=-1)
         block_out = torch.matmul(probs, v[:, :seen]).view(heads, rows, dim)
