@@ -6,10 +6,10 @@ import asyncio
 import copy
 import importlib
 import json
-import os
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -537,17 +537,7 @@ def test_docs_page_covers_every_field() -> None:
 
 
 @pytest.mark.slow
-def test_example_runs_offline_with_tiny_model() -> None:
-    env = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    result = subprocess.run(
-        [sys.executable, "examples/langchain_rerank.py", "--tiny"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=False,
-        env={**os.environ, **env},
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
+def test_example_runs_offline_with_tiny_model(run_example: Callable[..., Any]) -> None:
+    result = run_example("langchain_rerank.py", "--tiny")
     assert "chain: PixieRerank" in result.stdout
     assert "ContextualCompressionRetriever" in result.stdout

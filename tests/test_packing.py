@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import subprocess
-import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -244,19 +243,8 @@ def test_compiled_packed_model_compiles_once_for_every_batch(
 
 
 @pytest.mark.slow
-def test_example_runs_offline_with_tiny_model() -> None:
-    root = Path(__file__).resolve().parents[1]
-    env = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    result = subprocess.run(
-        [sys.executable, "examples/packed_batches.py", "--tiny", "--device", "cpu"],
-        cwd=root,
-        capture_output=True,
-        text=True,
-        check=False,
-        env={**os.environ, **env},
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
+def test_example_runs_offline_with_tiny_model(run_example: Callable[..., Any]) -> None:
+    result = run_example("packed_batches.py", "--tiny", "--device", "cpu", timeout=300)
     assert "pack=True" in result.stdout and "for 100 documents" in result.stdout
     difference = float(result.stdout.split("largest score difference: ")[1].split()[0])
     assert difference <= 2e-2  # bf16 on both sides, summed in different orders

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -321,24 +321,8 @@ def test_eval_cli_ray_flag_selects_the_ray_engine(
     assert "table" in capsys.readouterr().out
 
 
-def test_example_runs_offline_with_tiny_model() -> None:
-    import os
-    import subprocess
-    import sys
-
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))  # this checkout's package
-    result = subprocess.run(
-        [sys.executable, "examples/ray_rerank.py", "--tiny"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=240,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    out = result.stdout
+def test_example_runs_offline_with_tiny_model(run_example: Callable[..., Any]) -> None:
+    out = run_example("ray_rerank.py", "--tiny", timeout=240).stdout
     assert "RemoteScorer.rank" in out and "Ray shut down." in out
     replicas = out.split("answered by replicas: ")[1].splitlines()[0]
     assert replicas.count(":") == 2  # both replicas answered

@@ -11,12 +11,11 @@ from __future__ import annotations
 import copy
 import importlib
 import math
-import os
 import pickle
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -595,18 +594,8 @@ def test_serve_loads_the_model_and_runs_uvicorn(
 
 
 @pytest.mark.slow
-def test_example_runs_offline_with_tiny_model() -> None:
-    env = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    result = subprocess.run(
-        [sys.executable, "examples/serving_rerank.py", "--tiny"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        env={**os.environ, **env},
-        timeout=120,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
+def test_example_runs_offline_with_tiny_model(run_example: Callable[..., Any]) -> None:
+    result = run_example("serving_rerank.py", "--tiny")
     assert "POST /rerank" in result.stdout and "RemoteScorer.rank" in result.stdout
     assert "server stopped" in result.stdout
     difference = float(result.stdout.split("largest difference from the in-process scorer: ")[1].split()[0])
