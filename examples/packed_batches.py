@@ -62,6 +62,8 @@ def main() -> int:
     padded_scores, padded_s = timed(padded)
     print(f"{packed!r}: pack={packed.pack}, compile={args.compile}")
     print(f"packed: {packed_s * 1000:.0f} ms, padded: {padded_s * 1000:.0f} ms for {len(DOCUMENTS)} documents")
+    if args.tiny:
+        print("(a tiny model: these times are per-call overhead, not the real model's speed; drop --tiny to time it)")
     print(f"largest score difference: {max(abs(a - b) for a, b in zip(packed_scores, padded_scores)):.1e}")
     best = max(range(len(DOCUMENTS)), key=packed_scores.__getitem__)
     print(f"best document [{best}] {packed_scores[best]:.5f}: {DOCUMENTS[best][:60]}...")
