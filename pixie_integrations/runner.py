@@ -21,6 +21,7 @@ import torch
 from .batching import bucket_shape
 from .encoding import EncodedPair
 from .families import ModelFamily
+from .last_layer import SCORED_TOKENS, enable_scored_tokens_only
 from .loading import LoadedModel
 from .packing import PREFIX_KV, PackedBatch, enable_packed_attention, fast_kernel, pack, pack_with_prefix
 
@@ -74,6 +75,8 @@ class ModelRunner:
         # a graph of its own), a shared prefix runs inside each packed batch (pack_with_prefix); otherwise packed
         # batches read a query's cached prefix, which then runs once per query, not once per batch.
         self._prefix_in_batch = compile or fast_kernel(loaded.device, loaded.dtype) is not None
+        # Where packed attention runs segment_attention, the last layer runs for each pair's last token only.
+        self._scored_only = self.packs and not self._prefix_in_batch and self._enable_scored_only()
         # Packed batches are trusted once one has run: a first failure (a kernel this torch lacks, a signature it
         # changed) falls back to padded batches, logged; a later failure is a real error and propagates.
         self._packed_ran = False
@@ -113,6 +116,10 @@ class ModelRunner:
             getattr(self._loaded.model.config, "_attn_implementation", None),
         )
         return False
+
+    def _enable_scored_only(self) -> bool:
+        with self._loaded.lock:
+            return enable_scored_tokens_only(self._backbone)
 
     @property
     def supports_shared_prefix(self) -> bool:
@@ -201,8 +208,11 @@ class ModelRunner:
     def _forward_packed(self, packed: PackedBatch, **extra: Any) -> torch.Tensor:
         """The model on one packed batch (``extra``: more keyword arguments for attention); the head at each pair's
         last token."""
+        last = packed.last.to(self._loaded.device)
+        if self._scored_only:  # the model returns the scored tokens' hidden states only
+            extra[SCORED_TOKENS] = last
         hidden = self._model(**packed.model_kwargs(self._loaded.device), **extra).last_hidden_state
-        return self._logits(hidden[0, packed.last.to(hidden.device)])
+        return self._logits(hidden[0] if self._scored_only else hidden[0, last])
 
     def _run_bucketed(self, rows: Sequence[Sequence[int]]) -> torch.Tensor:
         """The compiled forward on a batch padded to its bucket (few distinct shapes: one compilation each)."""

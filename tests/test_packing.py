@@ -144,6 +144,58 @@ def test_segment_attention_equals_sdpa_per_segment(dtype: torch.dtype) -> None:
             assert (out[start:end].float() - expected.transpose(0, 1)).abs().max() < tolerance
 
 
+def _tiny_qwen2_reranker(path: Path) -> Path:
+    """A tiny Qwen2 seq-cls checkpoint: the same template family, no per-head norms, biased projections."""
+    from transformers import Qwen2Config, Qwen2ForSequenceClassification
+
+    from pixie_integrations.testing import build_tiny_tokenizer
+
+    tokenizer = build_tiny_tokenizer(path)
+    config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        pad_token_id=tokenizer.pad_token_id,
+        num_labels=1,
+        architectures=["Qwen2ForSequenceClassification"],
+    )
+    torch.manual_seed(5)
+    Qwen2ForSequenceClassification(config).save_pretrained(path)
+    return path
+
+
+@pytest.mark.parametrize("model_type", ["qwen3", "qwen2"])
+def test_the_last_layer_runs_for_the_scored_tokens_only(model_type: str, tiny_reranker: Path, tmp_path: Path) -> None:
+    path = tiny_reranker if model_type == "qwen3" else _tiny_qwen2_reranker(tmp_path)
+    padded = _scorer(path, pack=False, reuse_prefix=False)
+    expected = padded.score_pairs(PAIRS)
+    for reuse_prefix in (False, True):  # plain packed batches, and documents reading a cached prefix
+        scorer = _scorer(path, pack=True, reuse_prefix=reuse_prefix)
+        assert scorer._runner._scored_only
+        rows: list[int] = []
+        backbone = getattr(scorer.model, scorer.model.base_model_prefix)
+        hook = backbone.layers[-1].mlp.register_forward_hook(
+            lambda _m, args, _o, rows=rows: rows.append(args[0].shape[1])
+        )
+        try:
+            assert scorer.score_pairs(PAIRS) == pytest.approx(expected, abs=1e-5)
+        finally:
+            hook.remove()
+        # The last layer's MLP saw one token per pair (and, with a cached prefix, each query's prefix once).
+        prefixes = [scorer._encoder.encode([(q, "d")], scorer.instruction)[0][0].prefix for q in SAMPLE_QUERIES]
+        assert sum(rows) == len(PAIRS) + (sum(map(len, prefixes)) if reuse_prefix else 0)
+    # The prefix as a segment of the batch (its keys repeated per document; no scored token of its own).
+    query = SAMPLE_QUERIES[1]
+    encoded, _ = scorer._encoder.encode([(query, d) for d in DOCS], scorer.instruction)
+    logits = scorer._runner(encoded, share_prefix=True)
+    assert torch.sigmoid(logits).tolist() == pytest.approx(padded.score(query, DOCS), abs=1e-5)
+    # Compiled, the last layer stays whole (one graph for every layer).
+    assert not _scorer(path, pack=True, compile=True)._runner._scored_only
+
+
 def test_a_packing_model_keeps_its_unpacked_paths(tiny_reranker: Path, tiny_scorer: PixieScorer) -> None:
     # Scorers sharing one model: the packing one switches its attention; the padded one still runs its KV-cache
     # prefix path (SDPA with its mask) through it, and the engine's batches too.
