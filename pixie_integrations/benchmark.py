@@ -743,12 +743,14 @@ def run_benchmark(
             stats.update(_ranking_agreement(all_scores[name], all_scores[reference], work, reference))
         return {
             "workload": {
+                **asdict(WORKLOADS[workload]),
+                # What ran (--queries/--docs cut the workload's own sizes).
                 "name": workload,
                 "queries": len(work.queries),
+                "docs_per_query": len(work.documents[0]),
                 "pairs": work.pairs,
                 "input_tokens": input_tokens,
                 "mean_tokens_per_pair": input_tokens / work.pairs,
-                **asdict(WORKLOADS[workload]),
             },
             "model": f"random {shape}-shaped Qwen3 seq-cls (seed {seed})" if random_model else model,
             "machine": _machine(device_name),
