@@ -167,9 +167,9 @@ class CpuDefaults:
 
 # bfloat16 where the CPU multiplies bf16 matrices natively (AMX; AVX512-BF16, where bf16 GEMMs run 2.2x float32 on an
 # AMD Zen 4), float32 elsewhere (bf16 is emulated there, slower). Budget and prefix reuse measured on AMX (budgets 512
-# to 4096, reuse on/off). Packing measured on AVX512-BF16 (1.14-1.25x over padded batches in bf16, 1.14x in float32)
-# and on for every class: it removes padding and the masked half of attention, work every CPU would do; not yet
-# timed on the others. docs/performance.md has the figures.
+# to 4096, reuse on/off). Packing measured on AVX512-BF16 (1.25-1.31x over padded batches in bf16 on PIXIE's shape,
+# 1.14x in float32 on a 4-layer cut) and on for every class: it removes padding and the masked half of attention,
+# work every CPU would do; not yet timed on the others. docs/performance.md has the figures.
 def _bf16(why: str) -> CpuDefaults:
     return CpuDefaults(dtype="bfloat16", token_budget=1024, reuse_prefix=True, pack=True, measured=True, why=why)
 
