@@ -27,6 +27,7 @@ SCORED_TOKENS = "pixie_scored_tokens"
 """The keyword argument carrying the scored tokens' indices (each a segment's last token) down to the last layer."""
 
 _SUPPORTED_MODEL_TYPES = frozenset({"qwen2", "qwen3"})
+_READS = frozenset({"position_embeddings", "cu_seq_lens_q", "cu_seq_lens_k"})  # what the layer is called with
 _ATTENTION_PARTS = ("q_proj", "k_proj", "v_proj", "o_proj", "head_dim", "scaling", "layer_idx")
 
 
@@ -53,8 +54,10 @@ def enable_scored_tokens_only(backbone: torch.nn.Module) -> bool:
     @functools.wraps(original)
     def forward(hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         scored = kwargs.pop(SCORED_TOKENS, None)
-        if scored is None or args:
+        if scored is None:
             return original(hidden_states, *args, **kwargs)
+        if args or not _READS.issubset(kwargs):  # called another way than this knows: the whole layer, then select
+            return original(hidden_states, *args, **kwargs)[:, scored]
         return _scored_tokens_forward(layer, rotate_half, hidden_states, scored, kwargs)
 
     forward._pixie_scored_tokens = True  # type: ignore[attr-defined]

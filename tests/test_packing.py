@@ -196,6 +196,20 @@ def test_the_last_layer_runs_for_the_scored_tokens_only(model_type: str, tiny_re
     assert not _scorer(path, pack=True, compile=True)._runner._scored_only
 
 
+def test_the_last_layer_called_another_way_runs_whole_and_selects(tiny_reranker: Path) -> None:
+    from pixie_integrations.last_layer import SCORED_TOKENS
+
+    scorer = _scorer(tiny_reranker, pack=True)
+    assert scorer._runner._scored_only
+    backbone = getattr(scorer.model, scorer.model.base_model_prefix)
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    with torch.inference_mode():
+        whole = backbone(input_ids=ids).last_hidden_state
+        # No packed layout (plain SDPA call): the shortcut cannot apply, the layer runs whole and the rows are picked.
+        picked = backbone(input_ids=ids, **{SCORED_TOKENS: torch.tensor([1, 4])}).last_hidden_state
+    assert torch.equal(picked, whole[:, [1, 4]])
+
+
 def test_a_packing_model_keeps_its_unpacked_paths(tiny_reranker: Path, tiny_scorer: PixieScorer) -> None:
     # Scorers sharing one model: the packing one switches its attention; the padded one still runs its KV-cache
     # prefix path (SDPA with its mask) through it, and the engine's batches too.
