@@ -28,6 +28,7 @@ SCORED_TOKENS = "pixie_scored_tokens"
 
 _SUPPORTED_MODEL_TYPES = frozenset({"qwen2", "qwen3"})
 _READS = frozenset({"position_embeddings", "cu_seq_lens_q", "cu_seq_lens_k"})  # what the layer is called with
+_LAYER_PARTS = ("input_layernorm", "post_attention_layernorm", "mlp")
 _ATTENTION_PARTS = ("q_proj", "k_proj", "v_proj", "o_proj", "head_dim", "scaling", "layer_idx")
 
 
@@ -47,7 +48,7 @@ def enable_scored_tokens_only(backbone: torch.nn.Module) -> bool:
     attention = getattr(layer, "self_attn", None)
     rotate_half = getattr(sys.modules.get(type(attention).__module__), "rotate_half", None)
     parts_known = attention is not None and all(hasattr(attention, part) for part in _ATTENTION_PARTS)
-    if not parts_known or rotate_half is None or not all(hasattr(layer, p) for p in ("input_layernorm", "mlp")):
+    if not parts_known or rotate_half is None or not all(hasattr(layer, part) for part in _LAYER_PARTS):
         return False
     original = layer.forward
 
