@@ -18,8 +18,7 @@ from typing import Any
 
 import torch
 
-from .packing import KV_INDEX, PREFIX_KV
-from .segment_attention import segment_attention
+from .packing import packed_attention
 
 __all__ = ["SCORED_TOKENS", "enable_scored_tokens_only"]
 
@@ -83,21 +82,17 @@ def _scored_tokens_forward(
     cos, sin = kwargs["position_embeddings"]
     query = _rotate(query, cos[:, scored], sin[:, scored], rotate_half)
     key = _rotate(key, cos, sin, rotate_half)
-    query, key, value = (t[0].transpose(0, 1) for t in (query, key, value))  # (heads, tokens, dim)
-    cu_k = kwargs["cu_seq_lens_k"]
-    kv_index = kwargs.get(KV_INDEX)
-    if kv_index is not None:  # a prefix run in the batch: its keys repeat before each document's own
-        key, value = key.index_select(1, kv_index), value.index_select(1, kv_index)
+    query, key, value = (t.transpose(1, 2) for t in (query, key, value))  # (1, heads, tokens, dim), as attention
     # Each scored token is its segment's last: one query per segment (none for a prefix segment), bottom-right
-    # aligned against the segment's keys, so it sees them all.
+    # aligned against the segment's keys, so it sees them all. The packed attention function does the rest (a cached
+    # prefix, an in-batch prefix's repeated keys), as in every other layer.
+    cu_k = kwargs["cu_seq_lens_k"]
     segment = torch.searchsorted(kwargs["cu_seq_lens_q"][1:].to(scored.device, torch.long), scored, right=True)
     cu_q = torch.zeros_like(cu_k)
     cu_q[1:] = torch.cumsum(torch.bincount(segment, minlength=len(cu_k) - 1), 0)
-    prefix = kwargs.get(PREFIX_KV)
-    prefix_key = prefix_value = None
-    if prefix is not None:
-        prefix_key, prefix_value = (t[0] for t in prefix[attention.layer_idx])
-    out = segment_attention(query, key, value, cu_q, cu_k, attention.scaling, prefix_key, prefix_value)
+    attend = {**kwargs, "cu_seq_lens_q": cu_q, "max_length_q": 1}
+    mask = attend.pop("attention_mask", None)
+    out, _ = packed_attention(attention, query, key, value, mask, scaling=attention.scaling, **attend)
     hidden = hidden_states[:, scored] + attention.o_proj(out.reshape(1, len(scored), -1))
     return hidden + layer.mlp(layer.post_attention_layernorm(hidden))  # type: ignore[no-any-return]
 
