@@ -5,9 +5,10 @@ reranking), ``latency`` (1 x 100) and ``long`` (documents up to 8k tokens). A ra
 shape (``--shape pixie``; same FLOPs as the real one) runs with no download; ``--model`` times a real checkpoint
 instead. ``--preset cpu`` sizes a run for a CPU (PIXIE's shape, 2 queries x 12 documents, ~10 minutes). The 4-layer
 cut (``--shape pixie-4l``) is quicker but overstates CPU speed-ups: whatever runs outside the decoder layers, and
-the last layer's shortcut (it runs for each pair's last token only), weighs 7x more against 4 layers than 28. The card-* systems need sentence-transformers
-(pip install "pixie-integrations[bench]"); the OpenVINO and ONNX Runtime peers on the same weights (openvino-fp32,
-openvino-bf16, openvino-int8, onnxruntime-fp32, onnxruntime-int8) need pip install "pixie-integrations[bench-peers]".
+the last layer's shortcut (it runs for each pair's last token only), weighs 7x more against 4 layers than 28. The
+card-* systems need sentence-transformers (pip install "pixie-integrations[bench]"); the OpenVINO and ONNX Runtime
+peers on the same weights (openvino-fp32, openvino-bf16, openvino-int8, onnxruntime-fp32, onnxruntime-int8) need
+pip install "pixie-integrations[bench-peers]".
 Figures and how to read them:
 https://github.com/telepix-integrations/pixie-integrations/blob/main/docs/performance.md
 
@@ -682,7 +683,8 @@ def run_benchmark(
     Args:
         workload: ``"beir"``, ``"latency"`` or ``"long"``.
         model: A checkpoint to time; ``None`` builds a random one of ``shape`` (no download).
-        shape: ``"pixie"`` (28 layers, PIXIE's FLOPs), ``"pixie-4l"`` (4 layers: quick, overstates speed-ups) or ``"tiny"``.
+        shape: ``"pixie"`` (28 layers, PIXIE's FLOPs), ``"pixie-4l"`` (4 layers: quick, overstates speed-ups) or
+            ``"tiny"``.
         systems: Which of ``card-fp32``, ``card-bf16`` (the model card's CrossEncoder path), ``pixie`` (defaults),
             ``pixie-fp32``, ``pixie-noprefix``, ``pixie-compile``, ``pixie-padded``, and the peers ``openvino-fp32``,
             ``openvino-bf16``, ``openvino-int8``, ``onnxruntime-fp32``, ``onnxruntime-int8`` (CPU; their
