@@ -22,7 +22,7 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
@@ -34,7 +34,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_MAX_PENDING_PAIRS",
+    "EngineListener",
     "EngineOverloadedError",
+    "PreparedRequest",
     "ScoringEngine",
     "ScoringResult",
     "ScoringTimeoutError",
@@ -77,6 +79,55 @@ class ScoringResult:
     """How many documents were longer than the room left by ``max_length`` and had their ends cut."""
     tokens: int
     """Input tokens of all pairs, template included, after truncation (what a forward pass without reuse sees)."""
+
+
+@dataclass(frozen=True, eq=False)
+class PreparedRequest:
+    """A request tokenized (in the caller's thread, or the engine's encoding pool) and ready to queue.
+
+    Made by :meth:`ScoringEngine.prepare`; its token counts let a caller refuse work before it is queued.
+    """
+
+    scorer: PixieScorer
+    """Whose encoder and default instruction it was encoded with."""
+    encoded: tuple[EncodedPair, ...]
+    """One encoding per pair, in input order, after truncation."""
+    truncated: int
+    """Documents cut by the length limit (not those cut only by ``max_doc_tokens``)."""
+    max_length: int | None
+    """The per-request ``max_length`` it was encoded with (``None``: the scorer's)."""
+
+    @property
+    def pairs(self) -> int:
+        """How many pairs."""
+        return len(self.encoded)
+
+    @property
+    def tokens(self) -> int:
+        """Input tokens of all pairs, template included, after truncation."""
+        return sum(len(pair) for pair in self.encoded)
+
+    @property
+    def pair_tokens(self) -> list[int]:
+        """Tokens of each pair's whole input (template, query and document), in input order."""
+        return [len(pair) for pair in self.encoded]
+
+
+class EngineListener(Protocol):
+    """What an engine reports as it works (e.g. to Prometheus metrics); register with
+    :meth:`ScoringEngine.add_listener`. Called from the engine's threads: keep each call short and never raise."""
+
+    def batch_done(self, *, pairs: int, tokens: int, seconds: float) -> None:
+        """One forward pass ran ``pairs`` pairs of ``tokens`` input tokens in ``seconds``."""
+
+    def request_done(
+        self, *, outcome: str, pairs: int, tokens: int, truncated: int, queued_s: float, model_s: float
+    ) -> None:
+        """A request ended: ``outcome`` is ``"ok"``, ``"cancelled"``, ``"timeout"`` or ``"error"``; ``queued_s``
+        from acceptance to its first forward pass (or its end, if none ran), ``model_s`` from then to its end."""
+
+    def refused(self, *, reason: str) -> None:
+        """A request was refused at admission (``reason``: ``"pending_pairs"`` or ``"pending_tokens"``)."""
 
 
 @dataclass(eq=False)
