@@ -96,26 +96,10 @@ def check_sizes(pairs: list[tuple[str, str]], instruction: str | None, limits: S
 
 
 def token_floor(scorer: PixieScorer) -> TokenFloor:
-    """The lower bound of token counts that :func:`check_token_floor` uses for ``scorer``'s tokenizer.
-
-    A byte-level BPE tokenizer (the Qwen3 template families) writes each token as at most its longest vocabulary
-    entry's characters, and its NFC normaliser merges at most three characters into one, so a text of ``n``
-    characters has at least ``n / (3 * longest)`` tokens. For other tokenizers (whose normalisers may drop
-    whitespace) no bound is claimed: 0.
-    """
-    if not scorer.family.uses_template:
-        return _no_floor
-    longest = max(map(len, scorer.tokenizer.get_vocab()), default=1)
-    per_token = 3 * max(longest, 1)
-
-    def floor(text: str) -> int:
-        return -(-len(text) // per_token)
-
-    return floor
-
-
-def _no_floor(text: str) -> int:
-    return 0
+    """The lower bound of token counts that :func:`check_token_floor` uses for ``scorer``'s tokenizer: its
+    encoder's :meth:`~pixie_integrations.encoding.PairEncoder.min_tokens` (0, no bound, for tokenizers that cannot
+    promise one)."""
+    return scorer.encoder.min_tokens
 
 
 def check_token_floor(

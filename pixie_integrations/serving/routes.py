@@ -23,7 +23,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
-from ..engine import EngineOverloadedError, ScoringResult, ScoringTimeoutError
+from ..engine import EngineOverloadedError, ScoringEngine, ScoringResult, ScoringTimeoutError
 from ..ranking import rank_by_score
 from .admission import check_json_content_type, check_prepared, check_sizes, check_token_floor, token_floor
 from .errors import ApiError, describe_validation_errors, plain_message
@@ -73,9 +73,9 @@ def json_response(payload: Any, status: int = 200) -> Response:
 class Routes:
     """The handlers of one app: its scorer, served names and resolved limits."""
 
-    def __init__(self, scorer: PixieScorer, names: Sequence[str], limits: ServerLimits) -> None:
+    def __init__(self, scorer: PixieScorer, engine: ScoringEngine, names: Sequence[str], limits: ServerLimits) -> None:
         self.scorer = scorer
-        self.engine = scorer.engine
+        self.engine = engine
         self.names = list(names)
         self.limits = limits
         self.created = int(time.time())
@@ -188,8 +188,7 @@ class Routes:
     async def ready(self) -> Response:
         engine = self.engine
         pending = engine.pending_pairs
-        pending_tokens = getattr(engine, "pending_tokens", 0)
-        max_tokens = getattr(engine, "max_pending_tokens", None)
+        pending_tokens, max_tokens = engine.pending_tokens, engine.max_pending_tokens
         full = pending >= engine.max_pending_pairs or (max_tokens is not None and pending_tokens >= max_tokens)
         status = "overloaded" if full else "ready"
         payload = {"status": status, "pending_pairs": pending, "pending_tokens": pending_tokens}

@@ -36,6 +36,7 @@ from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from pydantic import BaseModel
 
 from .. import __version__
+from ..engine import configure_engine
 from .admission import bearer_check
 from .errors import install_error_handlers
 from .limits import BodySizeLimit, ServerLimits
@@ -114,7 +115,7 @@ def create_app(
     limits = (limits if limits is not None else ServerLimits()).resolved(
         device=scorer.device.type, max_length=scorer.max_length
     )
-    engine = scorer.engine
+    engine = configure_engine(scorer)  # the engine batches with the served scorer's settings
     engine.max_pending_pairs = limits.max_pending_pairs
     engine.max_pending_tokens = limits.max_pending_tokens
 
@@ -132,7 +133,7 @@ def create_app(
     app.add_middleware(ServerHeader)  # added last: the outermost, so the 413 above carries the header too
     install_error_handlers(app)
     guarded = [Depends(bearer_check(api_key))] if api_key is not None else []
-    _add_routes(app, Routes(scorer, names, limits), guarded, guarded if ready_requires_key else [])
+    _add_routes(app, Routes(scorer, engine, names, limits), guarded, guarded if ready_requires_key else [])
     _add_schema_pages(app, guarded)
     return app
 
