@@ -361,3 +361,18 @@ def test_serve_refuses_an_empty_served_name_and_a_busy_port_before_loading(
     line = _one_line(capsys.readouterr().err)
     assert f"port {port}" in line and "already in use" in line and "--port" in line
     assert "does not exist" not in line  # the model was never loaded
+
+
+def test_responses_have_exactly_the_documented_shapes(scorer: PixieScorer) -> None:
+    from pixie_integrations.serving.schemas import PixieScoreResponse, RerankResponse, VllmScoreResponse
+
+    with serving(scorer) as url, httpx.Client(base_url=url, timeout=30) as client:
+        rerank = client.post("/rerank", json={"query": QUERY, "documents": DOCS, "return_documents": True}).json()
+        chunks = client.post("/rerank", json={"query": QUERY, "documents": DOCS, "max_chunks_per_doc": 2}).json()
+        vllm = client.post("/score", json={"text_1": QUERY, "text_2": DOCS}).json()
+        pixie = client.post("/score", json={"queries": QUERY, "documents": DOCS}).json()
+    for body in (rerank, chunks):
+        assert RerankResponse.model_validate(body).model_dump(exclude_none=True) == body
+    assert chunks["meta"]["warnings"] and "document" not in chunks["results"][0]
+    assert VllmScoreResponse.model_validate(vllm).model_dump() == vllm
+    assert PixieScoreResponse.model_validate(pixie).model_dump() == pixie
