@@ -90,7 +90,16 @@ def main() -> None:
     )
     group.add_argument("--priority-reps", type=int, default=2, help="repetitions for priority (default: 2)")
     parser.add_argument("--json", type=Path, help="write the results here")
+    parser.add_argument(
+        "--recompute",
+        type=Path,
+        metavar="JSON",
+        help="no run: derive the long scenario's summaries and target check again from a saved result's raw records",
+    )
     args = parser.parse_args()
+    if args.recompute:
+        _recompute(args.recompute)
+        return
     scenarios = list(dict.fromkeys(s for name in args.scenario for s in (FAIRNESS if name == "fairness" else [name])))
 
     started = time.time()
@@ -135,6 +144,18 @@ def main() -> None:
             "scenarios": results,
         }
         args.json.write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n")
+
+
+def _recompute(path: Path) -> None:
+    record = json.loads(path.read_text())
+    if "error" not in record["scenarios"].get("long", {"error": ""}):
+        _long_verdicts(record["scenarios"]["long"])
+        record["recomputed_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        record["recomputed_by"] = _git("rev-parse", "HEAD")
+    path.write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n")
+    print(f"\n{_machine_line(record['machine'])}\n")
+    for name, result in record["scenarios"].items():
+        _print_scenario(name, result)
 
 
 class _Context:
@@ -240,25 +261,52 @@ def _scenario_long(ctx: _Context) -> dict[str, Any]:
         result["metrics_route"] = asyncio.run(_metrics_text(server.url)) is not None
         alone = asyncio.run(_long_alone(server.url, query, document))
         result["alone"] = alone
-        one_batch_s = alone.get("metrics_batch_s") or alone["latency_s"]
-        result["one_batch_s"] = one_batch_s
-        result["one_batch_from"] = "metrics" if alone.get("metrics_batch_s") else "the long request alone"
-        variants = []
-        for docs in args.long_docs:
-            variant = asyncio.run(_long_under_stream(server.url, query, document, docs, args.stream_rate, args.idle_s))
-            idle, during = variant["stream_idle"], variant["stream_during"]
-            if "p95_ms" in idle and "p95_ms" in during:  # whatever the long request's own status
-                bound = 3 * idle["p95_ms"] + one_batch_s * 1000
-                variant["target"] = {
-                    "rule": "p95_during <= 3 * p95_idle + one_batch",
-                    "bound_ms": bound,
-                    "p95_during_ms": during["p95_ms"],
-                    "met": during["p95_ms"] <= bound,
-                }
-            variants.append(variant)
-        result["variants"] = variants
+        result["variants"] = [
+            asyncio.run(_long_under_stream(server.url, query, document, docs, args.stream_rate, args.idle_s))
+            for docs in args.long_docs
+        ]
         result["server_log"] = server.log_summary()
+    _long_verdicts(result)
     return result
+
+
+def _long_verdicts(result: dict[str, Any]) -> None:
+    """Each variant's stream summaries (from its raw records) and its target check, in place.
+
+    One forward pass of the long document: the engine's own batch time from /metrics where it has one, else the
+    fastest answered request holding exactly one long document (the long request alone, or the one-document
+    variant): each is one forward pass plus tokenizing and HTTP, an upper bound, and on a shared machine the load
+    differs between them, so the lower is the closer bound.
+    """
+    alone = result["alone"]
+    candidates = [alone["latency_s"]] if alone["status"] == 200 else []
+    candidates += [
+        v["long"]["latency_s"] for v in result["variants"] if v["long"]["documents"] == 1 and v["long"]["status"] == 200
+    ]
+    if alone.get("metrics_batch_s"):
+        result["one_batch_s"], result["one_batch_from"] = alone["metrics_batch_s"], "/metrics"
+    elif candidates:
+        result["one_batch_s"] = min(candidates)
+        result["one_batch_from"] = "fastest answered one-long-document request (alone, or under the stream)"
+    else:
+        result["one_batch_s"], result["one_batch_from"] = None, "no one-long-document request was answered"
+    result["one_batch_candidates_s"] = candidates
+    for variant in result["variants"]:
+        sent, done = variant["long_sent_s"], variant["long_done_s"]
+        records = [{"due": due, "latency": ms / 1000, "status": status} for due, ms, status in variant["stream"]]
+        variant["stream_idle"] = _summary([r for r in records if r["due"] < sent])
+        variant["stream_during"] = _summary([r for r in records if sent <= r["due"] <= done])
+        variant["stream_after"] = _summary([r for r in records if r["due"] > done])
+        idle, during = variant["stream_idle"], variant["stream_during"]
+        if "p95_ms" in idle and "p95_ms" in during and result["one_batch_s"]:  # whatever the long request's status
+            bound = 3 * idle["p95_ms"] + result["one_batch_s"] * 1000
+            variant["target"] = {
+                "rule": "p95_during <= 3 * p95_idle + one_batch (latencies of every answer, 504s included)",
+                "bound_ms": bound,
+                "p95_during_ms": during["p95_ms"],
+                "not_200_during": during["n"] - during["statuses"].get("200", 0),
+                "met": during["p95_ms"] <= bound,
+            }
 
 
 def _long_document(model: str, query: str, total_tokens: int) -> tuple[str, dict[str, int]]:
@@ -371,13 +419,8 @@ async def _long_under_stream(
         stop.set()
         await streamer
     long["latency_s"] = done - sent
-    idle = [r for r in stream if r["due"] < sent - t0]
-    during = [r for r in stream if sent - t0 <= r["due"] <= done - t0]
     return {
         "long": long,
-        "stream_idle": _summary(idle),
-        "stream_during": _summary(during),
-        "stream_after": _summary([r for r in stream if r["due"] > done - t0]),
         "long_sent_s": sent - t0,
         "long_done_s": done - t0,
         # Every stream request: [due s from the stream's start, latency ms, status].
@@ -420,13 +463,16 @@ async def _timed(
 
 
 def _summary(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Latency percentiles over every answer whatever its status (a 504 after 200 s is no faster than a 200 after
+    200 s), and over the 200s alone (``ok_``)."""
+    every = [r["latency"] for r in records]
     ok = [r["latency"] for r in records if r["status"] == 200]
-    return {
-        "n": len(records),
-        "statuses": dict(Counter(str(r["status"]) for r in records)),
-        **(_percentiles(ok) if ok else {}),
-        **({"max_ms": max(ok) * 1000} if ok else {}),
-    }
+    out: dict[str, Any] = {"n": len(records), "statuses": dict(Counter(str(r["status"]) for r in records))}
+    if every:
+        out |= _percentiles(every) | {"max_ms": max(every) * 1000}
+    if ok and len(ok) < len(every):
+        out |= {f"ok_{k}": v for k, v in _percentiles(ok).items()}
+    return out
 
 
 # -- concurrency: many small requests against one batched request --------------------------------------------------
@@ -815,7 +861,7 @@ def _print_scenario(name: str, result: dict[str, Any]) -> None:
         alone = result["alone"]
         print(
             f"long input {result['long_input']['input_tokens']} tokens; alone: {alone['status']} in "
-            f"{alone['latency_s']:.1f} s; one batch {result['one_batch_s']:.1f} s ({result['one_batch_from']})"
+            f"{alone['latency_s']:.1f} s; one batch {_ms(result['one_batch_s'])} s ({result['one_batch_from']})"
         )
         print(
             "| long docs | long status | long s | idle p50/p95 ms | during p50/p95/max ms | during statuses | target |"
