@@ -390,3 +390,12 @@ def test_listeners_hear_every_batch_and_request(tiny_scorer: PixieScorer) -> Non
     engine.remove_listener(listener)
     engine.submit(pairs[:2]).result(60)
     assert len(listener.requests) == 1
+
+
+def test_min_tokens_is_a_lower_bound_from_characters_alone(tiny_scorer: PixieScorer) -> None:
+    encoder = tiny_scorer.encoder
+    texts = [*SAMPLE_DOCUMENTS, " " * 500, "a" * 1000, "위성" * 300, "<|im_start|>" * 40, "1234567890" * 50, ""]
+    for text in texts:
+        actual = len(tiny_scorer.tokenizer(text, add_special_tokens=False)["input_ids"])
+        assert encoder.min_tokens(text) <= actual, text[:20]
+    assert encoder.min_tokens("a" * 100_000) >= 100_000 // 64  # a real bound for long texts, not 0
