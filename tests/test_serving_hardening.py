@@ -376,3 +376,17 @@ def test_responses_have_exactly_the_documented_shapes(scorer: PixieScorer) -> No
     assert chunks["meta"]["warnings"] and "document" not in chunks["results"][0]
     assert VllmScoreResponse.model_validate(vllm).model_dump() == vllm
     assert PixieScoreResponse.model_validate(pixie).model_dump() == pixie
+
+
+def test_bound_sockets_are_tcp_so_every_event_loop_sets_nodelay() -> None:
+    from pixie_integrations.serving.server import ServerStartError, bind_socket
+
+    # Protocol 0 (socket.socket(AF_INET, SOCK_STREAM)) would make asyncio's own loop skip TCP_NODELAY on accepted
+    # connections, and each response would wait for the client's delayed ACK.
+    with bind_socket("127.0.0.1", 0) as sock:
+        assert sock.proto == socket.IPPROTO_TCP
+        sock.listen()
+        with pytest.raises(ServerStartError, match="already in use"):
+            bind_socket("127.0.0.1", sock.getsockname()[1])
+    with pytest.raises(ServerStartError, match="cannot serve on host"):
+        bind_socket("no-such-host.invalid", 0)

@@ -82,7 +82,12 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--ready-requires-key", action="store_true", help="/ready needs the API key too (default: it answers without)"
     )
-    limits = parser.add_argument_group("limits (past one, a clear 4xx, or 503 when the engine is full)")
+    _add_limits(parser.add_argument_group("limits (past one, a clear 4xx, or 503 when the engine is full)"))
+    parser.set_defaults(func=_run)
+
+
+def _add_limits(limits: Any) -> None:
+    """One flag per :class:`ServerLimits` field, of the same name."""
     defaults = ServerLimits()
     limits.add_argument(
         "--max-body-bytes",
@@ -152,7 +157,6 @@ def register(subparsers: Any) -> None:
         default=defaults.body_timeout,
         help="seconds a request may take to send its body, else 408 and the connection closes (default: %(default)s)",
     )
-    parser.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
