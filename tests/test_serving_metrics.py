@@ -18,11 +18,13 @@ pytest.importorskip("uvicorn")
 pytest.importorskip("prometheus_client")
 
 import httpx
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from pixie_integrations import PixieScorer, __version__
 from pixie_integrations.serving import ServerLimits, create_app, serve_in_thread
+from pixie_integrations.serving.metrics import install_metrics
 from pixie_integrations.testing import SAMPLE_DOCUMENTS, SAMPLE_QUERIES
 
 KEY = "metrics-test-key"
@@ -44,6 +46,10 @@ def read(text: str) -> Samples:
 
 def value(samples: Samples, name: str, **labels: str) -> float:
     return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+def delta(before: Samples, after: Samples, name: str, **labels: str) -> float:
+    return value(after, name, **labels) - value(before, name, **labels)
 
 
 def scrape(http: httpx.Client, headers: dict[str, str] | None = AUTH) -> Samples:
@@ -71,20 +77,19 @@ def test_counters_follow_the_requests_and_the_engine(server: httpx.Client, tiny_
     scored = sum(i + 2 for i in range(n))
     after = scrape(server)
 
-    def delta(name: str, **labels: str) -> float:
-        return value(after, name, **labels) - value(before, name, **labels)
-
-    assert delta("pixie_requests_total", route="/rerank", status="200") == n
-    assert delta("pixie_request_duration_seconds_count", route="/rerank") == n
-    assert delta("pixie_requests_total", route="/metrics", status="200") == 1  # the first scrape, counted once done
+    assert delta(before, after, "pixie_requests_total", route="/rerank", status="200") == n
+    assert delta(before, after, "pixie_request_duration_seconds_count", route="/rerank") == n
+    assert (
+        delta(before, after, "pixie_requests_total", route="/metrics", status="200") == 1
+    )  # the first scrape, counted once done
     assert engine.pairs_run - pairs == scored
-    assert delta("pixie_forward_passes_total") == engine.batches_run - batches > 0
-    assert delta("pixie_forward_pass_pairs_count") == engine.batches_run - batches
-    assert delta("pixie_forward_pass_pairs_sum") == scored
-    assert delta("pixie_forward_pass_tokens_sum") > 0
-    assert delta("pixie_engine_requests_total", outcome="ok") == n
-    assert delta("pixie_request_queue_seconds_count") == n
-    assert delta("pixie_request_model_seconds_count") == n
+    assert delta(before, after, "pixie_forward_passes_total") == engine.batches_run - batches > 0
+    assert delta(before, after, "pixie_forward_pass_pairs_count") == engine.batches_run - batches
+    assert delta(before, after, "pixie_forward_pass_pairs_sum") == scored
+    assert delta(before, after, "pixie_forward_pass_tokens_sum") > 0
+    assert delta(before, after, "pixie_engine_requests_total", outcome="ok") == n
+    assert delta(before, after, "pixie_request_queue_seconds_count") == n
+    assert delta(before, after, "pixie_request_model_seconds_count") == n
     assert value(after, "pixie_pending_pairs") == 0
     assert value(after, "pixie_pending_tokens") == 0
     assert value(after, "pixie_server_info", version=__version__, served_model_name="pixie-metrics") == 1
@@ -98,9 +103,7 @@ def test_truncated_documents_are_counted(server: httpx.Client) -> None:
     truncated = response.json()["usage"]["truncated_documents"]
     assert truncated >= 1
     after = scrape(server)
-    assert value(after, "pixie_truncated_documents_total") - value(before, "pixie_truncated_documents_total") == (
-        truncated
-    )
+    assert delta(before, after, "pixie_truncated_documents_total") == truncated
 
 
 def test_unknown_paths_share_one_label(server: httpx.Client) -> None:
@@ -109,9 +112,7 @@ def test_unknown_paths_share_one_label(server: httpx.Client) -> None:
         assert server.get(path, headers=AUTH).status_code == 404
     assert server.get("/rerank", headers=AUTH).status_code == 405  # a known route, the wrong method
     after = read(server.get("/metrics", headers=AUTH).text)
-    assert value(after, "pixie_requests_total", route="other", status="404") - value(
-        before, "pixie_requests_total", route="other", status="404"
-    ) == 3
+    assert delta(before, after, "pixie_requests_total", route="other", status="404") == 3
     assert value(after, "pixie_requests_total", route="/rerank", status="405") >= 1
     routes = {dict(labels).get("route") for name, labels in after if name == "pixie_requests_total"}
     assert not any(route and "nope" in route for route in routes)
@@ -122,20 +123,12 @@ def test_metrics_needs_the_key_and_refusals_are_counted(server: httpx.Client) ->
     before = scrape(server)
     assert server.get("/metrics").status_code == 401
     assert server.get("/metrics", headers={"Authorization": "Bearer wrong"}).status_code == 401
-    too_large = server.post(
-        "/v1/rerank", content=b"x" * 1_000_001, headers={**AUTH, "content-type": "x"}
-    )
+    too_large = server.post("/v1/rerank", content=b"x" * 1_000_001, headers={**AUTH, "content-type": "x"})
     assert too_large.status_code == 413
     after = scrape(server)
-    assert value(after, "pixie_refused_requests_total", reason="unauthorized") - value(
-        before, "pixie_refused_requests_total", reason="unauthorized"
-    ) == 2
-    assert value(after, "pixie_requests_total", route="/metrics", status="401") - value(
-        before, "pixie_requests_total", route="/metrics", status="401"
-    ) == 2
-    assert value(after, "pixie_refused_requests_total", reason="too_large") - value(
-        before, "pixie_refused_requests_total", reason="too_large"
-    ) == 1
+    assert delta(before, after, "pixie_refused_requests_total", reason="unauthorized") == 2
+    assert delta(before, after, "pixie_requests_total", route="/metrics", status="401") == 2
+    assert delta(before, after, "pixie_refused_requests_total", reason="too_large") == 1
     # Refused on its Content-Length before routing, and still labelled by its route.
     assert value(after, "pixie_requests_total", route="/v1/rerank", status="413") >= 1
 
@@ -161,12 +154,16 @@ def test_the_flag_opens_metrics_and_nothing_else(tiny_scorer: PixieScorer) -> No
 def test_two_apps_in_one_process_do_not_collide(tiny_scorer: PixieScorer) -> None:
     first = create_app(tiny_scorer, served_model_name="first")
     second = create_app(tiny_scorer, served_model_name="second")
-    with serve_in_thread(first, start_timeout=20) as a, serve_in_thread(second, start_timeout=20) as b:
-        with httpx.Client(base_url=a, timeout=60) as one, httpx.Client(base_url=b, timeout=60) as two:
-            for _ in range(2):
-                assert one.post("/score", json={"queries": QUERY, "documents": DOCS}).status_code == 200
-            assert two.post("/score", json={"queries": QUERY, "documents": DOCS}).status_code == 200
-            first_samples, second_samples = scrape(one, None), scrape(two, None)
+    with (
+        serve_in_thread(first, start_timeout=20) as a,
+        serve_in_thread(second, start_timeout=20) as b,
+        httpx.Client(base_url=a, timeout=60) as one,
+        httpx.Client(base_url=b, timeout=60) as two,
+    ):
+        for _ in range(2):
+            assert one.post("/score", json={"queries": QUERY, "documents": DOCS}).status_code == 200
+        assert two.post("/score", json={"queries": QUERY, "documents": DOCS}).status_code == 200
+        first_samples, second_samples = scrape(one, None), scrape(two, None)
     assert value(first_samples, "pixie_requests_total", route="/score", status="200") == 2
     assert value(second_samples, "pixie_requests_total", route="/score", status="200") == 1
     assert value(first_samples, "pixie_server_info", version=__version__, served_model_name="first") == 1
@@ -187,10 +184,11 @@ def test_the_engine_listener_goes_with_the_app(tiny_scorer: PixieScorer) -> None
     engine.submit([(QUERY, d) for d in DOCS]).result(timeout=60)
     assert value(read(metrics.scrape().decode()), "pixie_forward_passes_total") == passes
 
-    # Without a shutdown (serve_in_thread runs no lifespan), the engine holds the app's metrics only weakly.
-    gone = create_app(tiny_scorer)
-    ref = weakref.ref(gone.state.metrics)
-    del gone
+    # Without a shutdown (serve_in_thread runs no lifespan), the engine holds an app's metrics only weakly: once
+    # the app is collected, so is its listener.
+    bare = FastAPI()
+    ref = weakref.ref(install_metrics(bare, engine, served_model_name="gone"))
+    del bare
     gc.collect()
     assert ref() is None
     engine.submit([(QUERY, DOCS[0])]).result(timeout=60)

@@ -195,12 +195,9 @@ def install_metrics(
     metrics = ServerMetrics(engine, served_model_name=served_model_name)
     app.state.metrics = metrics
 
-    async def scrape(request: Request) -> Response:
-        return Response(metrics.scrape(), media_type=CONTENT_TYPE_LATEST)
-
     app.add_api_route(
         METRICS_PATH,
-        scrape,
+        _scrape,
         methods=["GET"],
         dependencies=list(dependencies),
         summary="Prometheus metrics",
@@ -208,6 +205,12 @@ def install_metrics(
     )
     app.add_middleware(RequestMetrics, metrics=metrics)
     return metrics
+
+
+async def _scrape(request: Request) -> Response:
+    # Found through the request, not captured: FastAPI caches every endpoint callable process-wide, and a closure
+    # over the metrics would keep them (and the engine's listener) alive after the app is gone.
+    return Response(request.app.state.metrics.scrape(), media_type=CONTENT_TYPE_LATEST)
 
 
 class RequestMetrics:
