@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from .loading import LoadedModel
 from .template import DOCUMENT_HEAD, SUFFIX, format_query
@@ -13,6 +14,8 @@ __all__ = ["EncodedPair", "PairEncoder", "check_max_doc_tokens"]
 _NO_LIMIT = 1_000_000
 # Encoders whose position table reserves two slots for padding (RoBERTa lineage).
 _POSITION_OFFSET_TYPES = frozenset({"roberta", "xlm-roberta", "camembert", "bge-m3"})
+# Texts tokenized per hold of the shared tokenizer's lock.
+_LOCK_SLICE = 64
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,7 @@ class PairEncoder:
         elif max_length > limit:
             raise ValueError(f"max_length={max_length} exceeds the model's limit of {limit} tokens")
         self.max_length = max_length
+        self._chars_per_token = _longest_token_chars(self._tokenizer)
         if loaded.family.uses_template:
             self._suffix = tuple(self._ids([SUFFIX])[0])
             # "<Document>:" must survive truncation so the model still sees where the document starts.
@@ -65,8 +69,23 @@ class PairEncoder:
             self._n_special = self._tokenizer.num_special_tokens_to_add(pair=True)
 
     def _ids(self, texts: list[str]) -> list[list[int]]:
-        with self._loaded.tokenizer_lock:
-            return self._tokenizer(texts, add_special_tokens=False)["input_ids"]
+        # In slices, each under the lock: one huge request never holds the tokenizer long against the others.
+        out: list[list[int]] = []
+        for start in range(0, len(texts), _LOCK_SLICE):
+            with self._loaded.tokenizer_lock:
+                out += self._tokenizer(texts[start : start + _LOCK_SLICE], add_special_tokens=False)["input_ids"]
+        return out
+
+    def min_tokens(self, text: str) -> int:
+        """A guaranteed lower bound of the tokens ``text`` takes, from its characters alone (no tokenizing).
+
+        Byte-level BPE (PIXIE's, Qwen's) covers at most as many characters per token as its longest vocabulary
+        entry has bytes, so ``len(text) / longest`` tokens at least. Other tokenizers give 0 (no bound): their
+        unknown-word token can swallow a word of any length.
+        """
+        if self._chars_per_token is None:
+            return 0
+        return -(-len(text) // self._chars_per_token)
 
     def encode(
         self,
@@ -170,3 +189,13 @@ def _model_limit(loaded: LoadedModel) -> int:
         if tokenizer_limit and tokenizer_limit < _NO_LIMIT:
             limits.append(tokenizer_limit)
     return min(limits) if limits else 512
+
+
+def _longest_token_chars(tokenizer: Any) -> int | None:
+    """Most characters one token can stand for, for byte-level BPE (a vocabulary key's length is its bytes, at least
+    its characters; added tokens included); ``None`` for other tokenizers, whose unknown-word token can swallow a
+    word of any length."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None or type(backend.decoder).__name__ != "ByteLevel":
+        return None
+    return max((len(token) for token in tokenizer.get_vocab()), default=0) or None

@@ -1,45 +1,60 @@
-"""One batching worker per loaded model: the pairs of concurrent callers share forward passes.
+"""One batching worker per loaded model: the pairs of concurrent callers share forward passes, fairly.
 
-:class:`ScoringEngine` takes scoring work from any number of threads and asyncio tasks. Its one worker thread keeps
-every pending pair in a pool and, before each forward pass, plans length-sorted token-budget batches over the whole
-pool and runs the batch that holds the oldest pending pair. So a request that arrives while a batch runs joins the
-next batch rather than the back of a queue, requests of similar length share batches, and the oldest request always
-progresses. A cancelled request (or one past its deadline) is dropped before its pairs run, and the pool is bounded:
-past ``max_pending_pairs``, :meth:`ScoringEngine.submit` raises :class:`EngineOverloadedError` at once.
+:class:`ScoringEngine` takes scoring work from any number of threads and asyncio tasks. Requests are tokenized
+before they reach it (in the caller's thread, or for ``async`` callers in the engine's small encoding pool), so its
+one worker thread only plans and runs forward passes. Before each pass it picks the request to serve next and runs
+the planned batch (length-sorted, within the token budget) that holds that request's next pair; other requests'
+pairs of similar length fill the rest of the batch.
 
-Scores are those of :meth:`PixieScorer.score` (same encoding, same runner, same batching rules), only batched with
-other callers' pairs. The server, the adapters' async paths and :meth:`PixieScorer.ascore` run on it; the synchronous
-``PixieScorer.score`` keeps running in the caller's thread.
+Which request goes next (the scheduling rule):
+
+1. A request that has waited more than ``max_wait`` seconds since it last progressed goes first (oldest first), so
+   nothing starves.
+2. Otherwise the lowest ``priority`` (vLLM's meaning: lower runs first; default 0).
+3. Among equal priorities, fair shares: each request carries a virtual start time that grows by the tokens it has
+   had run; a new request starts at the virtual time of the request served last. So a request that arrives while
+   a long one runs is served in the very next forward pass, and several long requests take turns.
+
+A query's prefix state (its key/value cache) is kept while any pending pair needs it. A cancelled request (or one
+past its deadline) is dropped before its pairs run, and the pool is bounded in pairs and in tokens: past either,
+:meth:`ScoringEngine.submit` raises :class:`EngineOverloadedError` at once.
+
+Scores are those of :meth:`PixieScorer.score` (same encoding, same :class:`~pixie_integrations.pipeline
+.BatchPipeline`), only batched with other callers' pairs. The engine's batching settings are its model's: the
+defaults for the model's device (or those of the scorer an engine is built from, or given to
+:func:`configure_engine`), stated once, never those of whichever scorer happened to ask first.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import logging
 import threading
 import time
 from collections.abc import Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import torch
 
-from .batching import plan_pair_batches
-from .encoding import EncodedPair
-
-if TYPE_CHECKING:
-    from .scorer import PixieScorer, PrefixCache
+from .encoding import EncodedPair, PairEncoder
+from .loading import LoadedModel
+from .pipeline import BatchPipeline, BatchSettings, log_truncated, scores_from_logits
+from .template import DEFAULT_INSTRUCTION
 
 __all__ = [
     "DEFAULT_MAX_PENDING_PAIRS",
+    "DEFAULT_MAX_WAIT_S",
     "EngineListener",
     "EngineOverloadedError",
     "PreparedRequest",
     "ScoringEngine",
     "ScoringResult",
     "ScoringTimeoutError",
+    "configure_engine",
     "get_engine",
 ]
 
@@ -47,22 +62,30 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_PENDING_PAIRS = 16384
 """Most pairs waiting in one engine; past it new work is refused with :class:`EngineOverloadedError`."""
+DEFAULT_MAX_WAIT_S = 10.0
+"""A request that has waited this long since it last progressed is served next, whatever its priority or share."""
 
 # The worker thread ends after this long without work (and starts again with the next request), so an idle engine
 # holds no thread and a model nobody uses any more can be freed.
 _IDLE_EXIT_S = 10.0
-# Batches are planned over at most about this many of the oldest pending pairs: with a deep backlog, planning over
-# all of it before every forward pass would cost more than it could save.
+# Batches are planned over at most about this many pending pairs, taken in scheduling order: with a deep backlog,
+# planning over all of it before every forward pass would cost more than it could save.
 _PLAN_WINDOW_PAIRS = 4096
+# Prefix states held at once (each is a few MB for PIXIE); only those of pending pairs are kept.
+_PREFIX_CACHE_SIZE = 16
+# Threads tokenizing async callers' requests; the tokenizer lock serializes most of the work anyway.
+_ENCODE_THREADS = 2
 
 
 class EngineOverloadedError(RuntimeError):
-    """The engine already holds as many pending pairs as it may; try again after ``retry_after`` seconds."""
+    """The engine already holds as much pending work as it may; try again after ``retry_after`` seconds."""
 
-    def __init__(self, message: str, *, retry_after: float) -> None:
+    def __init__(self, message: str, *, retry_after: float, reason: str = "pending_pairs") -> None:
         super().__init__(message)
         self.retry_after = retry_after
         """A hint, in seconds, of when the backlog should have cleared."""
+        self.reason = reason
+        """Which bound was hit: ``"pending_pairs"`` or ``"pending_tokens"``."""
 
 
 class ScoringTimeoutError(TimeoutError):
@@ -81,6 +104,15 @@ class ScoringResult:
     """Input tokens of all pairs, template included, after truncation (what a forward pass without reuse sees)."""
 
 
+class _Encodes(Protocol):
+    """What a request is encoded with: a :class:`~pixie_integrations.PixieScorer` (or anything as shaped)."""
+
+    @property
+    def encoder(self) -> PairEncoder: ...
+
+    instruction: str
+
+
 @dataclass(frozen=True, eq=False)
 class PreparedRequest:
     """A request tokenized (in the caller's thread, or the engine's encoding pool) and ready to queue.
@@ -88,21 +120,21 @@ class PreparedRequest:
     Made by :meth:`ScoringEngine.prepare`; its token counts let a caller refuse work before it is queued.
     """
 
-    scorer: PixieScorer
-    """Whose encoder and default instruction it was encoded with."""
     encoded: tuple[EncodedPair, ...]
     """One encoding per pair, in input order, after truncation."""
+    instruction: str
+    """The task instruction it was encoded with."""
     truncated: int
     """Documents cut by the length limit (not those cut only by ``max_doc_tokens``)."""
-    max_length: int | None
-    """The per-request ``max_length`` it was encoded with (``None``: the scorer's)."""
+    max_length: int
+    """The length limit it was encoded with (the scorer's, or a lower one asked for this request)."""
 
     @property
     def pairs(self) -> int:
         """How many pairs."""
         return len(self.encoded)
 
-    @property
+    @functools.cached_property
     def tokens(self) -> int:
         """Input tokens of all pairs, template included, after truncation."""
         return sum(len(pair) for pair in self.encoded)
@@ -132,123 +164,228 @@ class EngineListener(Protocol):
 
 @dataclass(eq=False)
 class _Job:
-    scorer: PixieScorer
-    pairs: list[tuple[str, str]]
-    instruction: str
+    prepared: PreparedRequest
     raw: bool
-    encode_options: dict[str, Any]
+    priority: int
     deadline: float | None
     future: Future[ScoringResult]
     seq: int
-    encoded: list[EncodedPair] = field(default_factory=list)
-    logits: torch.Tensor | None = None
-    done: list[bool] = field(default_factory=list)
-    left: int = 0
-    truncated: int = 0
+    accepted: float
+    tokens: int
+    logits: torch.Tensor
+    done: list[bool]
+    left: int
+    vstart: float = 0.0  # virtual start time: grows by the tokens run for this job
+    progressed: float = 0.0  # when a pair of it last ran (or when it was accepted)
+    started: float | None = None  # when its first forward pass began
+    next_pair: int = 0  # the first index that may still be pending
+    tokens_left: int = field(default=0)
 
     def dropped(self) -> bool:
         return self.future.cancelled() or (self.deadline is not None and time.monotonic() > self.deadline)
 
+    def pending(self) -> list[int]:
+        while self.next_pair < len(self.done) and self.done[self.next_pair]:
+            self.next_pair += 1
+        return [i for i in range(self.next_pair, len(self.done)) if not self.done[i]]
+
 
 class ScoringEngine:
-    """A worker thread that scores the pending pairs of every caller in shared, length-sorted batches.
+    """A worker thread that scores the pending pairs of every caller in shared, fairly scheduled batches.
 
-    Get the engine of a scorer's model with :func:`get_engine` (or :attr:`PixieScorer.engine`); build one directly
-    only to give it its own pool limit.
+    Get the engine of a model with :func:`get_engine` (or :attr:`PixieScorer.engine`); build one directly only to
+    give it limits or batching settings of its own.
 
     Args:
-        scorer: Its model, runner and batching settings (``token_budget``, ``batch_size``, ``reuse_prefix``) are
-            the engine's; each request is encoded by the scorer it was submitted with.
+        source: A :class:`~pixie_integrations.PixieScorer` (its model, its encoder and instruction as the defaults
+            of :meth:`submit`, and its batching settings) or a loaded model (the device's default settings).
         max_pending_pairs: Most pairs waiting (not yet scored) at once; past it :meth:`submit` raises
             :class:`EngineOverloadedError`. A single request larger than this is still accepted when nothing else
             waits, so no request is too large to ever run.
+        max_pending_tokens: Most input tokens waiting at once, as ``max_pending_pairs``; ``None``: no bound.
+        max_wait: Seconds after which a request that has not progressed is served first (the age bound).
+        pipeline: The batch pipeline to run (default: the scorer's, or the model's defaults).
     """
 
-    def __init__(self, scorer: PixieScorer, *, max_pending_pairs: int = DEFAULT_MAX_PENDING_PAIRS) -> None:
-        if isinstance(max_pending_pairs, bool) or not isinstance(max_pending_pairs, int) or max_pending_pairs <= 0:
-            raise ValueError(f"max_pending_pairs must be a positive int, got {max_pending_pairs!r}")
-        self._scorer = scorer
+    def __init__(
+        self,
+        source: Any,
+        *,
+        max_pending_pairs: int = DEFAULT_MAX_PENDING_PAIRS,
+        max_pending_tokens: int | None = None,
+        max_wait: float = DEFAULT_MAX_WAIT_S,
+        pipeline: BatchPipeline | None = None,
+    ) -> None:
+        _check_positive_int("max_pending_pairs", max_pending_pairs)
+        if max_pending_tokens is not None:
+            _check_positive_int("max_pending_tokens", max_pending_tokens)
+        if isinstance(max_wait, bool) or not isinstance(max_wait, (int, float)) or max_wait <= 0:
+            raise ValueError(f"max_wait must be a positive number of seconds, got {max_wait!r}")
+        if isinstance(source, LoadedModel):
+            self._loaded = source
+            self._encoder = PairEncoder(source, max_length=None)
+            self._instruction = DEFAULT_INSTRUCTION
+        else:
+            self._loaded = source.loaded_model
+            self._encoder = source.encoder
+            self._instruction = source.instruction
+            if pipeline is None:
+                pipeline = source.pipeline
+        self._pipeline = pipeline if pipeline is not None else BatchPipeline.build(self._loaded)
         self.max_pending_pairs = max_pending_pairs
+        self.max_pending_tokens = max_pending_tokens
+        self.max_wait = float(max_wait)
         self._cond = threading.Condition()
         self._intake: list[_Job] = []
         self._pending_pairs = 0
+        self._pending_tokens = 0
         self._seq = itertools.count()
         self._thread: threading.Thread | None = None
+        self._encode_pool: ThreadPoolExecutor | None = None
+        self._listeners: list[EngineListener] = []
         self._closed = False
+        self._prefixes = self._pipeline.new_prefix_cache(_PREFIX_CACHE_SIZE)
+        self._vtime = 0.0  # the virtual start time of the request served last
         # What the worker has done, for monitoring and tests.
         self.batches_run = 0
         """Forward passes run so far."""
         self.pairs_run = 0
         """Pairs scored so far."""
+        self.tokens_run = 0
+        """Input tokens of the pairs scored so far (template included)."""
         self.pairs_dropped = 0
         """Pairs of cancelled or expired requests that were dropped before running."""
         self._pairs_per_s = 0.0  # smoothed throughput, for the overload hint
 
-    # -- submitting work -------------------------------------------------------------------------------------------
+    # -- what it is ------------------------------------------------------------------------------------------------
+    @property
+    def settings(self) -> BatchSettings:
+        """The batching settings every forward pass of this engine runs with."""
+        return self._pipeline.settings
+
     @property
     def pending_pairs(self) -> int:
         """Pairs accepted and not yet scored or dropped."""
         return self._pending_pairs
 
-    def submit(
+    @property
+    def pending_tokens(self) -> int:
+        """Input tokens of the pending pairs."""
+        return self._pending_tokens
+
+    @property
+    def prefix_runs(self) -> int:
+        """Query prefixes encoded so far (each runs once while pairs of its query are pending)."""
+        return self._prefixes.runs
+
+    def add_listener(self, listener: EngineListener) -> None:
+        """Report batches, finished requests and refusals to ``listener`` from now on."""
+        with self._cond:
+            self._listeners = [*self._listeners, listener]
+
+    def remove_listener(self, listener: EngineListener) -> None:
+        """Stop reporting to ``listener`` (no error if it was not registered)."""
+        with self._cond:
+            self._listeners = [x for x in self._listeners if x is not listener]
+
+    # -- submitting work -------------------------------------------------------------------------------------------
+    def prepare(
         self,
         pairs: Sequence[tuple[str, str]],
         *,
-        scorer: PixieScorer | None = None,
+        scorer: _Encodes | None = None,
         instruction: str | None = None,
-        raw: bool = False,
-        timeout: float | None = None,
         max_length: int | None = None,
         max_doc_tokens: int | None = None,
-    ) -> Future[ScoringResult]:
-        """Queue checked (query, document) pairs; the future gives a :class:`ScoringResult`.
+    ) -> PreparedRequest:
+        """Tokenize checked (query, document) pairs in this thread.
 
         Args:
-            pairs: (query, document) pairs of ``str`` (check them first: :func:`~pixie_integrations.validation`).
-            scorer: Whose encoder (``max_length``, default instruction) to use; default the engine's.
+            pairs: (query, document) pairs of ``str`` (check them first: :mod:`~pixie_integrations.validation`).
+            scorer: Whose encoder (``max_length``) and default instruction to use; default the engine's.
             instruction: Task instruction; ``None`` uses the scorer's.
-            raw: Logits instead of probabilities.
-            timeout: Seconds from now after which the remaining pairs are dropped and the future fails with
-                :class:`ScoringTimeoutError`; ``None`` waits as long as it takes.
             max_length: Most tokens of one whole input for this request (at most the scorer's); only document
                 tokens are cut.
             max_doc_tokens: Cut each document to at most this many tokens (the template is never cut).
 
         Raises:
-            EngineOverloadedError: The pool is full.
+            ValueError: The encoder refuses the input (e.g. ``max_length`` too small for the query).
+        """
+        encoder = scorer.encoder if scorer is not None else self._encoder
+        if instruction is None:
+            instruction = scorer.instruction if scorer is not None else self._instruction
+        pairs = list(pairs)
+        if not pairs:
+            return PreparedRequest((), instruction, 0, encoder.max_length)
+        encoded, truncated = encoder.encode(pairs, instruction, max_length=max_length, max_doc_tokens=max_doc_tokens)
+        limit = encoder.max_length if max_length is None else min(max_length, encoder.max_length)
+        return PreparedRequest(tuple(encoded), instruction, truncated, limit)
+
+    async def aprepare(
+        self,
+        pairs: Sequence[tuple[str, str]],
+        *,
+        scorer: _Encodes | None = None,
+        instruction: str | None = None,
+        max_length: int | None = None,
+        max_doc_tokens: int | None = None,
+    ) -> PreparedRequest:
+        """:meth:`prepare` in the engine's encoding pool: never on the event loop, never on the worker."""
+        call = functools.partial(
+            self.prepare,
+            pairs,
+            scorer=scorer,
+            instruction=instruction,
+            max_length=max_length,
+            max_doc_tokens=max_doc_tokens,
+        )
+        return await asyncio.get_running_loop().run_in_executor(self._encoding_pool(), call)
+
+    def submit_prepared(
+        self, prepared: PreparedRequest, *, raw: bool = False, timeout: float | None = None, priority: int = 0
+    ) -> Future[ScoringResult]:
+        """Queue a prepared request; the future gives a :class:`ScoringResult`.
+
+        Args:
+            prepared: From :meth:`prepare` or :meth:`aprepare`.
+            raw: Logits instead of probabilities.
+            timeout: Seconds from now after which the remaining pairs are dropped and the future fails with
+                :class:`ScoringTimeoutError`; ``None`` waits as long as it takes.
+            priority: Lower runs first (vLLM's meaning); the age bound ``max_wait`` keeps higher ones from starving.
+
+        Raises:
+            EngineOverloadedError: The pool is full (pairs or tokens).
 
         Cancelling the future before it is done drops the pairs that have not run yet.
         """
-        scorer = scorer if scorer is not None else self._scorer
+        if isinstance(priority, bool) or not isinstance(priority, int):
+            raise TypeError(f"priority must be an int, got {priority!r}")
+        now = time.monotonic()
+        count = prepared.pairs
         job = _Job(
-            scorer=scorer,
-            pairs=list(pairs),
-            instruction=instruction if instruction is not None else scorer.instruction,
+            prepared=prepared,
             raw=raw,
-            encode_options={
-                name: value
-                for name, value in (("max_length", max_length), ("max_doc_tokens", max_doc_tokens))
-                if value is not None
-            },
-            deadline=None if timeout is None else time.monotonic() + timeout,
+            priority=priority,
+            deadline=None if timeout is None else now + timeout,
             future=Future(),
             seq=next(self._seq),
+            accepted=now,
+            tokens=prepared.tokens,
+            logits=torch.empty(count, dtype=torch.float32),
+            done=[False] * count,
+            left=count,
+            progressed=now,
         )
-        if not job.pairs:
+        job.tokens_left = job.tokens
+        if not count:
             job.future.set_result(ScoringResult(scores=[], truncated=0, tokens=0))
             return job.future
         with self._cond:
             if self._closed:
                 raise RuntimeError("this ScoringEngine is closed")
-            if self._pending_pairs and self._pending_pairs + len(job.pairs) > self.max_pending_pairs:
-                rate = self._pairs_per_s or 1.0
-                retry_after = max(1.0, min(60.0, self._pending_pairs / rate))
-                raise EngineOverloadedError(
-                    f"the scoring queue is full ({self._pending_pairs} pairs waiting, at most "
-                    f"{self.max_pending_pairs}); retry in about {retry_after:.0f} s",
-                    retry_after=retry_after,
-                )
-            self._pending_pairs += len(job.pairs)
+            self._admit(job)
+            self._pending_pairs += count
+            self._pending_tokens += job.tokens
             self._intake.append(job)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._work, name="pixie-scoring-engine", daemon=True)
@@ -256,155 +393,214 @@ class ScoringEngine:
             self._cond.notify()
         return job.future
 
-    async def ascore(
+    def submit(
         self,
         pairs: Sequence[tuple[str, str]],
         *,
-        scorer: PixieScorer | None = None,
+        scorer: _Encodes | None = None,
         instruction: str | None = None,
         raw: bool = False,
         timeout: float | None = None,
         max_length: int | None = None,
         max_doc_tokens: int | None = None,
+        priority: int = 0,
+    ) -> Future[ScoringResult]:
+        """:meth:`prepare` in this thread, then :meth:`submit_prepared`. A request the encoder refuses gives a
+        future that fails with that error (so it fails alone, as when queued)."""
+        try:
+            prepared = self.prepare(
+                pairs, scorer=scorer, instruction=instruction, max_length=max_length, max_doc_tokens=max_doc_tokens
+            )
+        except ValueError as exc:
+            failed: Future[ScoringResult] = Future()
+            failed.set_exception(exc)
+            return failed
+        return self.submit_prepared(prepared, raw=raw, timeout=timeout, priority=priority)
+
+    async def ascore_prepared(
+        self, prepared: PreparedRequest, *, raw: bool = False, timeout: float | None = None, priority: int = 0
     ) -> ScoringResult:
-        """:meth:`submit` and await the result; cancelling the awaiting task drops the pairs not yet run."""
-        future = self.submit(
-            pairs,
-            scorer=scorer,
-            instruction=instruction,
-            raw=raw,
-            timeout=timeout,
-            max_length=max_length,
-            max_doc_tokens=max_doc_tokens,
-        )
+        """:meth:`submit_prepared` and await the result; cancelling the awaiting task drops the pairs not yet run."""
+        future = self.submit_prepared(prepared, raw=raw, timeout=timeout, priority=priority)
         try:
             return await asyncio.wrap_future(future)
         except asyncio.CancelledError:
             future.cancel()
             raise
 
+    async def ascore(
+        self,
+        pairs: Sequence[tuple[str, str]],
+        *,
+        scorer: _Encodes | None = None,
+        instruction: str | None = None,
+        raw: bool = False,
+        timeout: float | None = None,
+        max_length: int | None = None,
+        max_doc_tokens: int | None = None,
+        priority: int = 0,
+    ) -> ScoringResult:
+        """:meth:`aprepare` (off the event loop) then :meth:`ascore_prepared`."""
+        prepared = await self.aprepare(
+            pairs, scorer=scorer, instruction=instruction, max_length=max_length, max_doc_tokens=max_doc_tokens
+        )
+        return await self.ascore_prepared(prepared, raw=raw, timeout=timeout, priority=priority)
+
     def close(self) -> None:
         """Refuse new work, fail what still waits, and let the worker end."""
         with self._cond:
             self._closed = True
+            pool, self._encode_pool = self._encode_pool, None
             self._cond.notify()
+        if pool is not None:
+            pool.shutdown(wait=False)
+
+    def _encoding_pool(self) -> ThreadPoolExecutor:
+        with self._cond:
+            if self._encode_pool is None:
+                self._encode_pool = ThreadPoolExecutor(_ENCODE_THREADS, thread_name_prefix="pixie-encode")
+            return self._encode_pool
+
+    def _admit(self, job: _Job) -> None:
+        """Refuse ``job`` if the pool is full (called holding the lock). A job alone in the pool always fits."""
+        if not self._pending_pairs:
+            return
+        reason = None
+        if self._pending_pairs + len(job.done) > self.max_pending_pairs:
+            reason, what = "pending_pairs", f"{self._pending_pairs} pairs waiting, at most {self.max_pending_pairs}"
+        elif self.max_pending_tokens is not None and self._pending_tokens + job.tokens > self.max_pending_tokens:
+            reason = "pending_tokens"
+            what = f"{self._pending_tokens} tokens waiting, at most {self.max_pending_tokens}"
+        if reason is None:
+            return
+        rate = self._pairs_per_s or 1.0
+        retry_after = max(1.0, min(60.0, self._pending_pairs / rate))
+        for listener in self._listeners:
+            _tell(listener.refused, reason=reason)
+        raise EngineOverloadedError(
+            f"the scoring queue is full ({what}); retry in about {retry_after:.0f} s",
+            retry_after=retry_after,
+            reason=reason,
+        )
 
     # -- the worker ------------------------------------------------------------------------------------------------
     def _work(self) -> None:
         pool: list[_Job] = []
-        prefix_cache: PrefixCache = None
         while True:
             with self._cond:
                 while not self._intake and not pool and not self._closed:
                     if not self._cond.wait(timeout=_IDLE_EXIT_S) and not self._intake:
                         self._thread = None  # a submit from now on starts a new worker
+                        self._prefixes.retain(())
                         return
                 if self._closed:
                     jobs, self._intake = pool + self._intake, []
                     self._thread = None
                     for job in jobs:
-                        self._finish(job, RuntimeError("the ScoringEngine was closed"))
+                        self._end(job, RuntimeError("the ScoringEngine was closed"), "error")
                     return
                 arrived, self._intake = self._intake, []
             for job in arrived:
-                if self._encode(job):
-                    pool.append(job)
-            pool = [job for job in pool if not self._drop_if_gone(job)]
+                job.vstart = self._vtime  # a new request starts at the current virtual time
+            pool = [job for job in pool + arrived if not self._drop_if_gone(job)]
             if not pool:
+                self._prefixes.retain(())
                 continue
-            pool.sort(key=lambda job: job.seq)
-            prefix_cache = self._run_next_batch(pool, prefix_cache)
+            self._run_next_batch(self._schedule(pool))
             pool = [job for job in pool if job.left]
 
-    def _encode(self, job: _Job) -> bool:
-        """Tokenize a new job; a job whose input cannot be encoded fails alone."""
-        if self._drop_if_gone(job):
-            return False
-        try:
-            encoded, job.truncated = job.scorer._encoder.encode(job.pairs, job.instruction, **job.encode_options)
-        except Exception as exc:  # noqa: BLE001 - e.g. max_length too small for the query: that caller's error
-            self._release(len(job.pairs))
-            self._finish(job, exc)
-            return False
-        job.encoded = encoded
-        job.left = len(encoded)
-        job.logits = torch.empty(len(encoded), dtype=torch.float32)
-        job.done = [False] * len(encoded)
-        return True
+    def _schedule(self, pool: list[_Job]) -> list[_Job]:
+        """The pool in serving order: starved first (oldest progress first), then priority, then fair share."""
+        starved_before = time.monotonic() - self.max_wait
 
-    def _run_next_batch(self, pool: list[_Job], prefix_cache: PrefixCache) -> PrefixCache:
-        """Plan batches over every pending pair and run the one holding the oldest request's first pending pair."""
+        def key(job: _Job) -> tuple[Any, ...]:
+            if job.progressed < starved_before:
+                return (0, job.progressed, 0.0, job.seq)
+            return (1, job.priority, job.vstart, job.seq)
+
+        return sorted(pool, key=key)
+
+    def _run_next_batch(self, order: list[_Job]) -> None:
+        """Plan batches over the pending pairs (in serving order) and run the one holding the head's next pair."""
         owners: list[tuple[_Job, int]] = []
         encoded: list[EncodedPair] = []
-        for job in pool:  # the oldest requests' pending pairs, up to the planning window
-            for i, pair in enumerate(job.encoded):
-                if not job.done[i]:
-                    owners.append((job, i))
-                    encoded.append(pair)
+        for job in order:  # the first requests' pending pairs, up to the planning window
+            for i in job.pending():
+                owners.append((job, i))
+                encoded.append(job.prepared.encoded[i])
             if len(encoded) >= _PLAN_WINDOW_PAIRS:
                 break
-        scorer = self._scorer
-        plan = plan_pair_batches(encoded, scorer.token_budget, scorer.batch_size, reuse_prefix=scorer.reuse_prefix)
-        # Owners are in request order, so index 0 is the oldest request's first pending pair.
+        # Keep the prefix states that pairs in the window still need; the rest are freed.
+        self._prefixes.retain({pair.prefix for pair in encoded})
+        plan = self._pipeline.plan(encoded)
+        # Owners are in serving order, so index 0 is the head request's next pending pair.
         batch, shared = next((b, s) for b, s in plan if 0 in b)
         pairs = [encoded[i] for i in batch]
-        state, prefix_cache = scorer._prefix_state(pairs, shared, prefix_cache)
-        start = time.perf_counter()
+        jobs = list({id(owners[i][0]): owners[i][0] for i in batch}.values())
+        start = time.monotonic()
+        for job in jobs:
+            if job.started is None:
+                job.started = start
+        self._vtime = order[0].vstart
         try:
-            logits = scorer._forward_splitting(pairs, state, shared=shared)
+            logits = self._pipeline.run_batch(pairs, shared, self._prefixes)
         except Exception as exc:  # a failing forward fails the requests in it, not the worker
             logger.exception("A scoring batch of %d pairs failed", len(pairs))
-            for job in {owners[i][0] for i in batch}:
-                self._release(job.left)
+            for job in jobs:
+                self._release(job.left, job.tokens_left)
                 job.left = 0
-                self._finish(job, exc)
-            return None
-        elapsed = time.perf_counter() - start
+                self._end(job, exc, "error")
+            return
+        end = time.monotonic()
+        tokens = sum(len(pair) for pair in pairs)
         self.batches_run += 1
         self.pairs_run += len(batch)
-        rate = len(batch) / max(elapsed, 1e-6)
+        self.tokens_run += tokens
+        rate = len(batch) / max(end - start, 1e-6)
         self._pairs_per_s = rate if not self._pairs_per_s else 0.8 * self._pairs_per_s + 0.2 * rate
+        for listener in self._listeners:
+            _tell(listener.batch_done, pairs=len(batch), tokens=tokens, seconds=end - start)
+        ran_tokens = 0
         for row, i in enumerate(batch):
             job, j = owners[i]
-            assert job.logits is not None
             job.logits[j] = logits[row]
             job.done[j] = True
             job.left -= 1
-        self._release(len(batch))
-        for job in {owners[i][0] for i in batch}:
+            size = len(job.prepared.encoded[j])
+            job.tokens_left -= size
+            job.vstart += size
+            job.progressed = end
+            ran_tokens += size
+        self._release(len(batch), ran_tokens)
+        for job in jobs:
             if not job.left:
                 self._complete(job)
-        return prefix_cache
 
     def _drop_if_gone(self, job: _Job) -> bool:
         if not job.dropped():
             return False
-        left = job.left if job.encoded else len(job.pairs)
-        self.pairs_dropped += left
-        self._release(left)
+        self.pairs_dropped += job.left
+        self._release(job.left, job.tokens_left)
         job.left = 0
-        if not job.future.cancelled():
-            self._finish(job, ScoringTimeoutError("the request's deadline passed before it was scored"))
+        if job.future.cancelled():
+            self._report(job, "cancelled")
+        else:
+            self._end(job, ScoringTimeoutError("the request's deadline passed before it was scored"), "timeout")
         return True
 
-    def _release(self, count: int) -> None:
+    def _release(self, pairs: int, tokens: int) -> None:
         with self._cond:
-            self._pending_pairs -= count
+            self._pending_pairs -= pairs
+            self._pending_tokens -= tokens
 
     def _complete(self, job: _Job) -> None:
-        assert job.logits is not None
-        scores = job.scorer._scores(
-            job.logits,
-            raw=job.raw,
-            truncated=job.truncated,
-            count=len(job.pairs),
-            max_length=job.encode_options.get("max_length"),
-        )
-        tokens = sum(len(pair) for pair in job.encoded)
-        self._finish(job, ScoringResult(scores=scores, truncated=job.truncated, tokens=tokens))
+        prepared = job.prepared
+        log_truncated(prepared.truncated, prepared.pairs, prepared.max_length)
+        scores = scores_from_logits(job.logits, raw=job.raw)
+        self._end(job, ScoringResult(scores=scores, truncated=prepared.truncated, tokens=job.tokens), "ok")
 
-    @staticmethod
-    def _finish(job: _Job, outcome: ScoringResult | BaseException) -> None:
+    def _end(self, job: _Job, outcome: ScoringResult | BaseException, kind: str) -> None:
+        self._report(job, kind)
         if not job.future.set_running_or_notify_cancel():
             return  # cancelled by its caller meanwhile
         if isinstance(outcome, BaseException):
@@ -412,20 +608,73 @@ class ScoringEngine:
         else:
             job.future.set_result(outcome)
 
+    def _report(self, job: _Job, outcome: str) -> None:
+        if not self._listeners:
+            return
+        now = time.monotonic()
+        started = job.started if job.started is not None else now
+        for listener in self._listeners:
+            _tell(
+                listener.request_done,
+                outcome=outcome,
+                pairs=job.prepared.pairs,
+                tokens=job.tokens,
+                truncated=job.prepared.truncated,
+                queued_s=started - job.accepted,
+                model_s=now - started,
+            )
+
+
+def _tell(method: Any, **values: Any) -> None:
+    """Call a listener; a listener's failure is logged, never the engine's."""
+    try:
+        method(**values)
+    except Exception:
+        logger.exception("An engine listener failed")
+
+
+def _check_positive_int(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+
 
 _engines_lock = threading.Lock()
 
 
-def get_engine(scorer: PixieScorer) -> ScoringEngine:
-    """The one engine of ``scorer``'s loaded model, created (with ``scorer``'s batching settings) on first use.
+def get_engine(source: Any) -> ScoringEngine:
+    """The one engine of a model (``source``: a :class:`~pixie_integrations.PixieScorer` or a loaded model),
+    created on first use with the model's batching settings (the defaults for its device, unless
+    :func:`configure_engine` stated others).
 
     Every scorer sharing the model shares this engine and its worker, so at most one forward pass per model runs
     through engines at a time.
     """
-    loaded = scorer._loaded
+    loaded = source if isinstance(source, LoadedModel) else source.loaded_model
     with _engines_lock:
-        engine = getattr(loaded, "_engine", None)
+        engine = loaded.engine
         if engine is None or engine._closed:
-            engine = ScoringEngine(scorer)
-            loaded._engine = engine  # type: ignore[attr-defined]
+            engine = ScoringEngine(loaded)
+            loaded.engine = engine
+    return engine
+
+
+def configure_engine(scorer: Any) -> ScoringEngine:
+    """State once that the engine of ``scorer``'s model runs with ``scorer``'s batching settings (its token budget,
+    batch size, prefix reuse, packing, compile) instead of the device's defaults; returns that engine.
+
+    The server does this for the scorer it serves. An engine that already runs with these settings is kept; an
+    idle one with other settings is replaced (its counters and listeners start again); a busy one is a
+    ``RuntimeError``.
+    """
+    loaded = scorer.loaded_model
+    with _engines_lock:
+        engine = loaded.engine
+        if engine is not None and not engine._closed:
+            if engine.settings == scorer.settings:
+                return engine
+            if engine.pending_pairs:
+                raise RuntimeError("the model's engine is busy: configure it before it takes work")
+            engine.close()
+        engine = ScoringEngine(scorer)
+        loaded.engine = engine
     return engine

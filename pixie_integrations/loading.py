@@ -95,6 +95,8 @@ class LoadedModel:
     """Held while a scorer changes the shared model (its attention function, its compiled forms)."""
     compiled: dict[str, Any] = field(default_factory=dict)
     """The ``torch.compile``-d backbone ("static" or "dynamic" shapes), made on first use by a scorer asking for it."""
+    engine: Any = field(default=None, repr=False, compare=False)
+    """The model's batching engine (:func:`pixie_integrations.engine.get_engine`), made on first use."""
     __weakref__: Any = field(default=None, init=False, repr=False, compare=False)
 
 

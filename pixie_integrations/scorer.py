@@ -5,35 +5,28 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from dataclasses import replace
+from typing import Any
 
 import torch
 
-from .batching import plan_pair_batches
-from .cpu import cpu_defaults, log_cpu_path_once
+from .cpu import log_cpu_path_once
 from .encoding import EncodedPair, PairEncoder, check_max_doc_tokens
+from .engine import ScoringEngine, get_engine
 from .families import ModelFamily
 from .loading import LoadedModel, load_model
 from .packing import fast_kernel
+from .pipeline import BatchPipeline, BatchSettings, log_truncated, scores_from_logits
 from .ranking import RankResult, check_top_n, rank_by_score
-from .runner import ModelRunner, PrefixState
 from .template import DEFAULT_INSTRUCTION
 from .validation import check_documents, check_pairs, check_query
-
-if TYPE_CHECKING:
-    from .engine import ScoringEngine
 
 __all__ = ["DEFAULT_MODEL", "PixieScorer", "RankResult"]
 
 logger = logging.getLogger(__name__)
 
-PrefixCache = tuple[tuple[int, ...], PrefixState] | None
-"""One prefix and its KV cache, kept while the batches of its query run."""
-
 DEFAULT_MODEL = "telepix/PIXIE-Spell-Reranker-Preview-0.6B"
 
-# Padded tokens per forward pass. Large batches feed a GPU; on CPU small ones win (per CPU class: cpu.py).
-_DEFAULT_TOKEN_BUDGET = {"cuda": 16384, "mps": 8192}
 # Above this many pairs a progress bar is worth showing (when show_progress_bar is left to decide).
 _PROGRESS_MIN_PAIRS = 2000
 
@@ -137,26 +130,20 @@ class PixieScorer:
             config_kwargs=config_kwargs,
         )
         self.instruction = instruction
-        cpu = self.device.type == "cpu"
-        if token_budget is None:
-            token_budget = cpu_defaults().token_budget if cpu else _DEFAULT_TOKEN_BUDGET.get(self.device.type, 2048)
-        self.token_budget = token_budget
-        self.batch_size = batch_size
         self.show_progress_bar = show_progress_bar
+        self._told_engine_settings = False
         self._encoder = PairEncoder(self._loaded, max_length=max_length)
+        self._pipeline = BatchPipeline.build(
+            self._loaded,
+            token_budget=token_budget,
+            batch_size=batch_size,
+            reuse_prefix=reuse_prefix,
+            compile=compile,
+            pack=pack,
+        )
+        self._runner = self._pipeline.runner
+        cpu = self.device.type == "cpu"
         kernel = fast_kernel(self.device, self.dtype)
-        if pack is None:
-            # CUDA: where a variable-length kernel exists. CPU: per CPU class, compiled or not (on Zen 4, compiled
-            # packed batches ran 1.4x compiled padded ones).
-            pack = kernel is not None or (cpu and cpu_defaults().pack)
-        self._runner = ModelRunner(self._loaded, compile=compile, token_budget=self.token_budget, pack=pack)
-        if reuse_prefix is None:
-            # Compiled padded batches have bucketed static shapes; a cached prefix (its length differs per query)
-            # runs eager. Packed batches share the prefix compiled or not (read from its cache, or run in-batch).
-            reuse_prefix = (self._runner.packs or not compile) and (
-                cpu_defaults().reuse_prefix if cpu else self.device.type != "cuda"
-            )
-        self.reuse_prefix = reuse_prefix and self._runner.supports_shared_prefix
         if cpu:
             dtype_name = str(self.dtype).removeprefix("torch.")
             log_cpu_path_once(dtype_name, self.token_budget, self.reuse_prefix, torch.get_num_threads(), self.pack)
@@ -194,6 +181,58 @@ class PixieScorer:
     def dtype(self) -> torch.dtype:
         """The model's weight dtype (the sigmoid always runs in float32)."""
         return self._loaded.dtype
+
+    @property
+    def loaded_model(self) -> LoadedModel:
+        """The model, tokenizer and locks this scorer shares with every scorer of the same checkpoint."""
+        return self._loaded
+
+    @property
+    def encoder(self) -> PairEncoder:
+        """How this scorer turns pairs into token ids (template, ``max_length``, truncation)."""
+        return self._encoder
+
+    @property
+    def pipeline(self) -> BatchPipeline:
+        """How this scorer plans and runs batches (its :attr:`settings`)."""
+        return self._pipeline
+
+    @property
+    def settings(self) -> BatchSettings:
+        """How this scorer forms and runs batches (token budget, batch size, prefix reuse, packing, compile)."""
+        return self._pipeline.settings
+
+    @property
+    def token_budget(self) -> int:
+        """Most padded tokens in one forward pass (settable)."""
+        return self._pipeline.settings.token_budget
+
+    @token_budget.setter
+    def token_budget(self, value: int) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ValueError(f"token_budget must be a positive int, got {value!r}")
+        self._pipeline.settings = replace(self._pipeline.settings, token_budget=value)
+
+    @property
+    def batch_size(self) -> int | None:
+        """Most pairs in one forward pass (``None``: no cap; settable)."""
+        return self._pipeline.settings.batch_size
+
+    @batch_size.setter
+    def batch_size(self, value: int | None) -> None:
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+            raise ValueError(f"batch_size must be a positive int or None, got {value!r}")
+        self._pipeline.settings = replace(self._pipeline.settings, batch_size=value)
+
+    @property
+    def reuse_prefix(self) -> bool:
+        """Whether a query's prefix runs once for all of its documents (settable; template families only)."""
+        return self._pipeline.settings.reuse_prefix
+
+    @reuse_prefix.setter
+    def reuse_prefix(self, value: bool) -> None:
+        value = bool(value) and self._runner.supports_shared_prefix
+        self._pipeline.settings = replace(self._pipeline.settings, reuse_prefix=value)
 
     @property
     def pack(self) -> bool:
@@ -293,11 +332,22 @@ class PixieScorer:
         """The batching engine of this scorer's model (one worker per loaded model, started on first use).
 
         :meth:`ascore`, :meth:`ascore_pairs` and :meth:`arank` and the HTTP server run on it, so concurrent callers
-        share forward passes; the synchronous methods run in the caller's thread.
+        share forward passes; the synchronous methods run in the caller's thread. The engine batches with the
+        model's settings (the device's defaults, or those stated with
+        :func:`~pixie_integrations.engine.configure_engine`), which a scorer built with other batching settings
+        is told once in the log; each request is still encoded by its own scorer (instruction, ``max_length``).
         """
-        from .engine import get_engine
-
-        return get_engine(self)
+        engine = get_engine(self)
+        if engine.settings != self.settings and not self._told_engine_settings:
+            self._told_engine_settings = True
+            logger.info(
+                "Async calls run on the shared engine of %s, which batches with %s; this scorer's %s apply to its "
+                "synchronous calls (pixie_integrations.engine.configure_engine(scorer) states the engine's).",
+                self.model_name,
+                engine.settings,
+                self.settings,
+            )
+        return engine
 
     async def ascore(
         self,
@@ -374,82 +424,22 @@ class PixieScorer:
         if instruction is None:
             instruction = self.instruction
         encoded, truncated = self._encoder.encode(list(pairs), instruction, max_doc_tokens=max_doc_tokens)
-        return self._scores(self._run(encoded), raw=raw, truncated=truncated, count=count)
-
-    def _scores(
-        self, logits: torch.Tensor, *, raw: bool, truncated: int, count: int, max_length: int | None = None
-    ) -> list[float]:
-        """Python floats from float32 logits (the sigmoid in float32), warning once per call about cut documents."""
-        if truncated:
-            logger.warning(
-                "%d of %d documents were longer than max_length=%d tokens with the template; their ends were cut.",
-                truncated,
-                count,
-                self.max_length if max_length is None else min(max_length, self.max_length),
-            )
-        values = logits if raw else torch.sigmoid(logits)
-        return [float(v) for v in values.tolist()]
+        logits = self._run(encoded)
+        log_truncated(truncated, count, self.max_length)
+        return scores_from_logits(logits, raw=raw)
 
     def _run(self, encoded: list[EncodedPair]) -> torch.Tensor:
         """Raw float32 logits for encoded pairs, in input order."""
-        out = torch.empty(len(encoded), dtype=torch.float32)
         show = self.show_progress_bar
         if show is None:
             show = len(encoded) >= _PROGRESS_MIN_PAIRS
-        progress = None
-        if show:
-            from tqdm.auto import tqdm
+        if not show:
+            return self._pipeline.run(encoded)
+        from tqdm.auto import tqdm
 
-            progress = tqdm(total=len(encoded), desc="Reranking", unit="pair")
-        # Only the current query's prefix state is kept: batches of one query come one after another.
-        cached: PrefixCache = None
-        try:
-            for batch, shared in self._plan(encoded):
-                pairs = [encoded[i] for i in batch]
-                state, cached = self._prefix_state(pairs, shared, cached)
-                out[batch] = self._forward_splitting(pairs, state, shared=shared)
-                if progress is not None:
-                    progress.update(len(batch))
-        finally:
-            if progress is not None:
-                progress.close()
-        return out
-
-    def _prefix_state(
-        self, pairs: list[EncodedPair], shared: bool, cached: PrefixCache
-    ) -> tuple[PrefixState | None, PrefixCache]:
-        """The KV cache a shared batch runs with (``None`` for other batches, and for packed batches that run their
-        prefix themselves), taken from ``cached`` when it holds this prefix; returns it and the cache to keep."""
-        if not shared or self._runner.prefix_in_batch:
-            return None, cached
-        prefix = pairs[0].prefix
-        if cached is None or cached[0] != prefix:
-            cached = (prefix, self._runner.encode_prefix(prefix))
-        return cached[1], cached
+        with tqdm(total=len(encoded), desc="Reranking", unit="pair") as progress:
+            return self._pipeline.run(encoded, progress=progress.update)
 
     def _plan(self, encoded: list[EncodedPair]) -> list[tuple[list[int], bool]]:
         """Batches of indices, each flagged whether its pairs share one prefix (run once, through its KV cache)."""
-        return plan_pair_batches(encoded, self.token_budget, self.batch_size, reuse_prefix=self.reuse_prefix)
-
-    def _forward_splitting(
-        self, batch: list[EncodedPair], state: PrefixState | None, *, shared: bool = False
-    ) -> torch.Tensor:
-        """Forward one batch (``shared``: its pairs share one prefix, whose KV cache ``state`` holds unless packed
-        batches run the prefix themselves); on out-of-memory, halve it and retry so that no pair is lost."""
-        try:
-            if state is not None:
-                return self._runner.run_with_prefix(state, batch)
-            return self._runner(batch, share_prefix=shared)
-        except torch.OutOfMemoryError:
-            if len(batch) == 1:
-                raise
-            if self.device.type == "cuda":
-                torch.cuda.empty_cache()
-            half = len(batch) // 2
-            logger.warning("Out of memory on a batch of %d pairs; splitting it in two and retrying.", len(batch))
-            return torch.cat(
-                [
-                    self._forward_splitting(batch[:half], state, shared=shared),
-                    self._forward_splitting(batch[half:], state, shared=shared),
-                ]
-            )
+        return self._pipeline.plan(encoded)

@@ -108,46 +108,62 @@ def test_concurrent_mixed_requests_get_the_in_process_scores(scorer: PixieScorer
     assert peak[0] == 1  # the engine's one worker: never two forward passes of the model at once
 
 
-def _pairs_per_s(url: str, *, background: int = 0) -> tuple[float, float]:
-    """Best of two: pairs/s of one 64-document request, and of 64 concurrent one-document requests."""
+class PassRecorder:
+    """An engine listener: the size of every forward pass (a structural record, not a timing)."""
 
-    async def load(client: httpx.AsyncClient, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            await client.post("/rerank", json=rerank_body(DOCS[:16], SAMPLE_QUERIES[2]))
+    def __init__(self) -> None:
+        self.passes: list[int] = []
 
-    async def main() -> tuple[float, float]:
-        limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
-        async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
-            stop = asyncio.Event()
-            loaders = [asyncio.ensure_future(load(client, stop)) for _ in range(background)]
-            await client.post("/rerank", json=rerank_body(DOCS))  # warm: connections and first passes
-            one, many = [], []
-            for _ in range(2):
-                start = time.perf_counter()
-                response = await client.post("/rerank", json=rerank_body(DOCS))
-                assert response.status_code == 200
-                one.append(len(DOCS) / (time.perf_counter() - start))
-                start = time.perf_counter()
-                responses = await asyncio.gather(*(client.post("/rerank", json=rerank_body([d])) for d in DOCS))
-                assert all(r.status_code == 200 for r in responses)
-                many.append(len(DOCS) / (time.perf_counter() - start))
-            stop.set()
-            await asyncio.gather(*loaders)
-            return max(one), max(many)
+    def batch_done(self, *, pairs: int, tokens: int, seconds: float) -> None:
+        self.passes.append(pairs)
 
-    return asyncio.run(main())
+    def request_done(self, **_: object) -> None:
+        pass
+
+    def refused(self, **_: object) -> None:
+        pass
 
 
 def test_concurrent_one_document_requests_are_batched_together(scorer: PixieScorer) -> None:
+    """64 one-document requests over HTTP share forward passes as one 64-document request does. Their pairs/s ratio
+    is a benchmark figure (benchmarks/serve_load.py --scenario concurrency), not asserted here: what is checked
+    below holds on any machine, however busy."""
+    engine = scorer.engine
+    recorder = PassRecorder()
+    backbone = getattr(scorer.model, scorer.model.base_model_prefix)
+    gate = threading.Event()
+
+    def hold(*_: object) -> None:  # the worker's next forward pass waits until every request is queued
+        gate.wait(60)
+
+    async def main(url: str) -> tuple[list[float], list[float]]:
+        limits = httpx.Limits(max_connections=100, max_keepalive_connections=100)
+        async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
+            one = scores_by_index((await client.post("/rerank", json=rerank_body(DOCS))).json())
+            handle = backbone.register_forward_pre_hook(hold)
+            try:
+                blocker = asyncio.ensure_future(client.post("/rerank", json=rerank_body(DOCS[:1], SAMPLE_QUERIES[3])))
+                requests = asyncio.gather(*(client.post("/rerank", json=rerank_body([d])) for d in DOCS))
+                deadline = time.monotonic() + 60
+                while engine.pending_pairs < 1 + len(DOCS) and time.monotonic() < deadline:
+                    await asyncio.sleep(0.01)
+                engine.add_listener(recorder)
+                gate.set()
+                responses = await requests
+                await blocker
+            finally:
+                gate.set()
+                handle.remove()
+                engine.remove_listener(recorder)
+            assert all(r.status_code == 200 for r in responses)
+            return one, [r.json()["results"][0]["relevance_score"] for r in responses]
+
     with serving(scorer) as url, forwards_in_flight(scorer) as peak:
-        batches_before = scorer.engine.batches_run
-        one, many = _pairs_per_s(url)
-        idle_batches = scorer.engine.batches_run - batches_before
-        loaded_one, loaded_many = _pairs_per_s(url, background=4)
-    # 64 one-document requests share forward passes instead of running one each.
-    assert idle_batches < 7 * 64 / 2, idle_batches
-    assert many >= 0.5 * one, (many, one)
-    assert loaded_many >= 0.5 * loaded_one, (loaded_many, loaded_one)
+        one, many = asyncio.run(main(url))
+    assert many == pytest.approx(one, abs=1e-5)  # the same scores either way
+    # The held pass, then the 64 single pairs planned together: a few full passes, as for the 64-document request.
+    assert sum(recorder.passes) == 1 + len(DOCS), recorder.passes
+    assert len(recorder.passes) <= 1 + 8, recorder.passes
     assert peak[0] == 1
 
 
