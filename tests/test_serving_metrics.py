@@ -6,6 +6,7 @@ Counts only, no timings: every number checked is a count of requests, passes, pa
 from __future__ import annotations
 
 import gc
+import threading
 import weakref
 from collections.abc import Iterator
 from pathlib import Path
@@ -131,6 +132,35 @@ def test_metrics_needs_the_key_and_refusals_are_counted(server: httpx.Client) ->
     assert delta(before, after, "pixie_refused_requests_total", reason="too_large") == 1
     # Refused on its Content-Length before routing, and still labelled by its route.
     assert value(after, "pixie_requests_total", route="/v1/rerank", status="413") >= 1
+
+
+def test_engine_refusals_are_counted_by_reason(server: httpx.Client, tiny_scorer: PixieScorer) -> None:
+    engine = tiny_scorer.engine
+    backbone = getattr(tiny_scorer.model, tiny_scorer.model.base_model_prefix)
+    gate = threading.Event()
+
+    def hold(*_: object) -> None:  # holds the worker's next forward pass until the gate opens
+        gate.wait(60)
+
+    handle = backbone.register_forward_pre_hook(hold)
+    bound = engine.max_pending_pairs
+    before = scrape(server)
+    try:
+        engine.max_pending_pairs = 2
+        held = engine.submit([(QUERY, d) for d in DOCS[:2]])  # two pairs pending until the gate opens
+        response = server.post("/rerank", json={"query": QUERY, "documents": DOCS}, headers=AUTH)
+        assert response.status_code == 503, response.text
+        during = scrape(server)
+    finally:
+        engine.max_pending_pairs = bound
+        gate.set()
+        handle.remove()
+    held.result(timeout=60)
+    assert value(during, "pixie_pending_pairs") == 2
+    after = scrape(server)
+    assert delta(before, after, "pixie_refused_requests_total", reason="pending_pairs") == 1
+    assert delta(before, after, "pixie_requests_total", route="/rerank", status="503") == 1
+    assert value(after, "pixie_pending_pairs") == 0
 
 
 def test_the_server_reports_its_own_refusals(tiny_scorer: PixieScorer) -> None:
