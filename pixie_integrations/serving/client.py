@@ -24,6 +24,13 @@ time; 429 and 503 answers and connection failures are retried with exponential b
 ``score`` / ``score_pairs`` / ``rank`` block; ``ascore`` / ``ascore_pairs`` / ``arank`` are native asyncio (one
 ``httpx.AsyncClient``). Either way the results are what ``PixieScorer`` returns: Python floats in input order,
 ``RankResult`` from ``rank``.
+
+``api="vllm"`` pointed at this project's own server is refused (a :class:`RemoteScorerError` naming ``api="pixie"``):
+that server applies the template itself, so the client's would be applied twice.
+
+This module holds the scorer; the rest lives beside it: :mod:`.remote_shapes` (each API's requests and answers),
+:mod:`.remote_transport` (connections, retries, errors), :mod:`.remote_errors` (:class:`RemoteScorerError`) and
+:mod:`.engines` (what each engine does to the text).
 """
 
 from __future__ import annotations

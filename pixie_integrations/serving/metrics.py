@@ -17,7 +17,20 @@ import weakref
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
+try:
+    from prometheus_client import (
+        CONTENT_TYPE_LATEST,
+        CollectorRegistry,
+        Counter,
+        Gauge,
+        Histogram,
+        Info,
+        generate_latest,
+    )
+except ImportError as exc:  # an install of the serve extra from before it needed prometheus-client
+    raise ImportError(
+        'the server\'s /metrics needs prometheus-client: pip install "pixie-integrations[serve]"'
+    ) from exc
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Match
