@@ -24,6 +24,7 @@ routes:
   POST /rerank, /v1/rerank, /v2/rerank  rerank documents for a query (Cohere v1/v2, Jina, vLLM shapes)
   POST /score, /v1/score                score pairs in input order (vLLM's text_1/text_2, or queries/documents)
   GET  /v1/models                       the served model names
+  GET  /metrics                         Prometheus metrics (needs the key unless --metrics-without-key)
   GET  /health                          liveness (never needs the API key)
   GET  /ready                           readiness: 503 while the engine is full (no key unless --ready-requires-key)
   GET  /openapi.json, /docs, /redoc     the API schema and its pages
@@ -81,6 +82,12 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument(
         "--ready-requires-key", action="store_true", help="/ready needs the API key too (default: it answers without)"
+    )
+    parser.add_argument(
+        "--metrics-without-key",
+        action="store_true",
+        help="serve GET /metrics (Prometheus) without the API key, for a scraper that has none (default: it needs "
+        "the key like every route but /health and /ready)",
     )
     _add_limits(parser.add_argument_group("limits (past one, a clear 4xx, or 503 when the engine is full)"))
     parser.set_defaults(func=_run)
@@ -193,6 +200,7 @@ def _run(args: argparse.Namespace) -> int:
             api_key=args.api_key,
             limits=limits,
             ready_requires_key=args.ready_requires_key,
+            metrics_without_key=args.metrics_without_key,
             sock=sock,
             **settings,
         )

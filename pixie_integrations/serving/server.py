@@ -7,6 +7,7 @@ Routes (JSON; shapes in :mod:`pixie_integrations.serving.schemas`):
   first (ties keep input order), ``usage`` with token counts, Cohere's ``meta``.
 - ``POST /score`` and ``/v1/score``: vLLM's ``text_1``/``text_2`` -> ``data: [{index, object, score}]``; both also
   take this server's own ``queries``/``documents`` -> ``scores`` (what ``RemoteScorer`` sends).
+- ``GET /metrics``: Prometheus metrics (:mod:`pixie_integrations.serving.metrics`).
 - ``GET /health``: liveness; ``GET /ready``: readiness (503 while the engine is full); neither needs the API key
   (``/ready`` does with ``ready_requires_key``). ``GET /v1/models``: the served names (OpenAI shape, as vLLM serves
   it); ``/docs``, ``/redoc``, ``/openapi.json``.
@@ -40,6 +41,7 @@ from ..engine import configure_engine
 from .admission import bearer_check
 from .errors import install_error_handlers
 from .limits import BodySizeLimit, ServerLimits
+from .metrics import install_metrics
 from .middleware import ServerHeader, header_timeout_protocol
 from .routes import Routes, json_response
 from .schemas import PixieScoreRequest, RerankRequest, RerankResponse, VllmScoreRequest, VllmScoreResponse
@@ -93,6 +95,7 @@ def create_app(
     api_key: str | None = None,
     limits: ServerLimits | None = None,
     ready_requires_key: bool = False,
+    metrics_without_key: bool = False,
 ) -> FastAPI:
     """A FastAPI app serving ``scorer`` through its model's batching engine.
 
@@ -109,6 +112,8 @@ def create_app(
             ``max_pending_pairs`` and ``max_pending_tokens`` bound the model's batching engine, which every app and
             ``ascore`` caller of that model shares.
         ready_requires_key: ``/ready`` needs the API key too (default: a load balancer probes it without one).
+        metrics_without_key: Serve ``GET /metrics`` (Prometheus) without the API key, for a scraper that has none;
+            by default it needs the key like every route but ``/health`` and ``/ready``.
     """
     names = check_served_names(served_model_name, scorer.model_name)
     _check_api_key(api_key)
@@ -135,6 +140,7 @@ def create_app(
     guarded = [Depends(bearer_check(api_key))] if api_key is not None else []
     _add_routes(app, Routes(scorer, engine, names, limits), guarded, guarded if ready_requires_key else [])
     _add_schema_pages(app, guarded)
+    install_metrics(app, engine, served_model_name=names[0], dependencies=[] if metrics_without_key else guarded)
     return app
 
 
@@ -257,6 +263,7 @@ def serve(
     api_key: str | None = None,
     limits: ServerLimits | None = None,
     ready_requires_key: bool = False,
+    metrics_without_key: bool = False,
     log_level: str = "info",
     sock: socket.socket | None = None,
     **scorer_settings: Any,
@@ -272,6 +279,7 @@ def serve(
         api_key: Require ``Authorization: Bearer <api_key>`` on every route but ``/health`` and ``/ready``.
         limits: Per-request limits (:class:`ServerLimits`).
         ready_requires_key: ``/ready`` needs the API key too.
+        metrics_without_key: Serve ``GET /metrics`` without the API key (see :func:`create_app`).
         log_level: uvicorn's log level.
         sock: A socket already bound (:func:`bind_socket`) to serve on; ``host`` and ``port`` are then only reported.
             Default: bind ``host:port`` here, before the model loads.
@@ -298,7 +306,12 @@ def serve(
         # The first forward pass pays for lazy initialisation (and compilation with compile=True): not a client's.
         scorer.score("warm-up", ["warm-up"])
         app = create_app(
-            scorer, served_model_name=names, api_key=api_key, limits=limits, ready_requires_key=ready_requires_key
+            scorer,
+            served_model_name=names,
+            api_key=api_key,
+            limits=limits,
+            ready_requires_key=ready_requires_key,
+            metrics_without_key=metrics_without_key,
         )
         if api_key is None and not _is_loopback(host):
             logger.warning(
