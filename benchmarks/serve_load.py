@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -477,24 +478,57 @@ def _summary(records: list[dict[str, Any]]) -> dict[str, Any]:
 
 # -- concurrency: many small requests against one batched request --------------------------------------------------
 def _scenario_concurrency(ctx: _Context) -> dict[str, Any]:
+    """The same runs with httpx (what RemoteScorer uses) and, if installed, aiohttp: with many small requests the
+    client's own cost per request is part of what is measured, and the two clients differ by an order of
+    magnitude there."""
     with ctx.server("concurrency", []) as server:
-        result = asyncio.run(_concurrency(server.url, ctx.args.reps))
+        result = asyncio.run(_concurrency(server.url, ctx.args.reps, client="httpx"))
+        try:
+            import aiohttp  # noqa: F401
+        except ImportError:
+            result["aiohttp"] = "not installed"
+        else:
+            result["aiohttp"] = asyncio.run(_concurrency(server.url, ctx.args.reps, client="aiohttp"))
         result["server"] = server.command_line
         result["server_log"] = server.log_summary()
     return result
 
 
-async def _concurrency(url: str, reps: int, n: int = 64) -> dict[str, Any]:
+@contextlib.asynccontextmanager
+async def _poster(url: str, client: str, connections: int) -> Any:
+    """An async ``post(path, body) -> status`` on a pool of ``connections`` keep-alive connections."""
+    if client == "httpx":
+        limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+        async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as session:
+
+            async def post(path: str, body: dict[str, Any]) -> int:
+                return (await session.post(path, json=body)).status_code
+
+            yield post
+        return
+    import aiohttp
+
+    connector = aiohttp.TCPConnector(limit=connections)
+    async with aiohttp.ClientSession(url, connector=connector, timeout=aiohttp.ClientTimeout(total=600)) as session:
+
+        async def post(path: str, body: dict[str, Any]) -> int:
+            async with session.post(path, json=body) as response:
+                await response.read()
+                return response.status
+
+        yield post
+
+
+async def _concurrency(url: str, reps: int, n: int = 64, *, client: str) -> dict[str, Any]:
     query = SAMPLE_QUERIES[3]
     docs = [f"{SAMPLE_DOCUMENTS[j % len(SAMPLE_DOCUMENTS)]} ({j})" for j in range(n)]
-    limits = httpx.Limits(max_connections=n + 1, max_keepalive_connections=n + 1)
     runs: dict[str, list[dict[str, Any]]] = {"split": [], "batched": [], "empty": []}
-    async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as client:
+    async with _poster(url, client, n + 1) as post:
 
         async def one(documents: list[str]) -> tuple[int, float]:
             start = time.perf_counter()
-            response = await client.post("/score", json={"queries": query, "documents": documents})
-            return response.status_code, time.perf_counter() - start
+            status = await post("/score", {"queries": query, "documents": documents})
+            return status, time.perf_counter() - start
 
         async def split() -> dict[str, Any]:
             start = time.perf_counter()
@@ -532,7 +566,8 @@ async def _concurrency(url: str, reps: int, n: int = 64) -> dict[str, Any]:
     ratios = [s["pairs_per_s"] / b["pairs_per_s"] for s, b in zip(runs["split"], runs["batched"], strict=True)]
     return {
         "what": f"{n} concurrent 1-document requests vs one {n}-document request (same query and pairs), "
-        f"and {n} concurrent requests with documents []; {reps} interleaved repetitions",
+        f"and {n} concurrent requests with documents []; {reps} interleaved repetitions; client {client}",
+        "client": client,
         "split_pairs_per_s": statistics.median(r["pairs_per_s"] for r in runs["split"]),
         "batched_pairs_per_s": statistics.median(r["pairs_per_s"] for r in runs["batched"]),
         "ratio_median": statistics.median(ratios),
@@ -876,12 +911,15 @@ def _print_scenario(name: str, result: dict[str, Any]) -> None:
                 f"{_ms(during.get('p95_ms'))}/{_ms(during.get('max_ms'))} | {during['statuses']} | {verdict} |"
             )
     elif name == "concurrency":
-        print(
-            f"64 x 1-doc: {result['split_pairs_per_s']:.0f} pairs/s; 1 x 64-doc: {result['batched_pairs_per_s']:.0f}"
-            f" pairs/s; ratio {result['ratio_median']:.2f} (target >= 0.5: "
-            f"{'met' if result['target']['met'] else 'MISSED'}); 64 x empty: {result['empty_s_median'] * 1000:.0f} ms"
-            f" in all, p50 {result['empty_p50_ms_median']:.0f} ms"
-        )
+        for run in (result, result.get("aiohttp")):
+            if not isinstance(run, dict):
+                continue
+            print(
+                f"{run.get('client', 'httpx')}: 64 x 1-doc: {run['split_pairs_per_s']:.0f} pairs/s; 1 x 64-doc: "
+                f"{run['batched_pairs_per_s']:.0f} pairs/s; ratio {run['ratio_median']:.2f} (target >= 0.5: "
+                f"{'met' if run['target']['met'] else 'MISSED'}); 64 x empty: {run['empty_s_median'] * 1000:.0f} ms"
+                f" in all, p50 {run['empty_p50_ms_median']:.0f} ms"
+            )
     elif name == "rank_fields":
         before, during, rerank = result["health_before"], result["health_during"], result["rerank"]
         target = result.get("target")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,10 +86,17 @@ class PairEncoder:
         """
         if self._chars_per_token is None:
             return 0
-        # Tokens are cut from the normalized text (NFC for Qwen), which can have fewer characters than ``text``.
+        return -(-self._normalized_chars(text) // self._chars_per_token)
+
+    def _normalized_chars(self, text: str) -> int:
+        """Characters of ``text`` after the tokenizer's normalizer (NFC for Qwen, which can compose several code
+        points into one), at C speed for NFC: this runs on the server's event loop for every document."""
         normalizer = self._tokenizer.backend_tokenizer.normalizer
-        chars = len(normalizer.normalize_str(text)) if normalizer is not None else len(text)
-        return -(-chars // self._chars_per_token)
+        if normalizer is None or text.isascii():
+            return len(text)
+        if type(normalizer).__name__ == "NFC":
+            return len(text) if unicodedata.is_normalized("NFC", text) else len(unicodedata.normalize("NFC", text))
+        return len(normalizer.normalize_str(text))
 
     def encode(
         self,
