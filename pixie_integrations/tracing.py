@@ -318,7 +318,7 @@ class _RecordingSpan(RerankSpan):
         out[OPENINFERENCE_SPAN_KIND] = RERANKER
         try:
             self._span.set_attributes(out)
-        except Exception:  # noqa: BLE001  (tracing must never fail a rerank)
+        except Exception:  # tracing must never fail a rerank
             logger.debug("Could not set the rerank span's attributes", exc_info=True)
 
 
@@ -428,7 +428,7 @@ def rerank_span(
         provider = config.tracer_provider if config.tracer_provider is not None else api.get_tracer_provider()
         tracer = _tracer(provider)
         span = tracer.start_span(name, context=context, kind=getattr(api.SpanKind, kind))
-    except Exception:  # noqa: BLE001  (a broken tracer setup must not fail a rerank)
+    except Exception:  # a broken tracer setup must not fail a rerank
         logger.debug("Could not start a rerank span", exc_info=True)
         yield _NOT_RECORDING
         return
