@@ -447,7 +447,9 @@ class PixieScorer:
         span: RerankSpan,
     ) -> list[float]:
         engine = self.engine
-        result = await engine.ascore(pairs, scorer=self, instruction=instruction, raw=raw, max_doc_tokens=max_doc_tokens)
+        result = await engine.ascore(
+            pairs, scorer=self, instruction=instruction, raw=raw, max_doc_tokens=max_doc_tokens
+        )
         if span.recording:
             self._trace_model(span, engine.settings, engine=True, raw=raw)
             span.work(
