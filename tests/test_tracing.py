@@ -538,3 +538,11 @@ def test_importing_the_package_imports_no_opentelemetry() -> None:
     code = "import sys, pixie_integrations.scorer; print([m for m in sys.modules if m.startswith('opentelemetry')])"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_example_runs_offline_with_tiny_model(run_example: Any) -> None:
+    result = run_example("tracing.py", "--tiny")
+    assert "PixieScorer.rank  (kind RERANKER, parent: answer question)" in result.stdout
+    assert "PixieRerank  (kind RERANKER, parent: answer question)" in result.stdout
+    hidden = run_example("tracing.py", "--tiny", "--hide")
+    assert REDACTED in hidden.stdout and QUERY not in hidden.stdout
