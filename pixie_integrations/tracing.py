@@ -381,11 +381,19 @@ def _env_flag(name: str) -> bool:
     return False
 
 
+_provider_by_env: bool | None = None
+
+
 def _trace_api() -> Any:
-    """``opentelemetry.trace`` if the application imported it (or asked for a provider by environment variable)."""
+    """``opentelemetry.trace`` if the application imported it (or named a provider by environment variable)."""
+    global _provider_by_env
     module = sys.modules.get("opentelemetry.trace")
-    if module is not None or not os.environ.get("OTEL_PYTHON_TRACER_PROVIDER"):
+    if module is not None:
         return module
+    if _provider_by_env is None:  # read once: it is set before the process starts
+        _provider_by_env = bool(os.environ.get("OTEL_PYTHON_TRACER_PROVIDER"))
+    if not _provider_by_env:
+        return None
     try:
         import opentelemetry.trace as module  # the provider named by the variable loads on first use
     except ImportError:
@@ -393,7 +401,24 @@ def _trace_api() -> Any:
     return module
 
 
-@contextlib.contextmanager
+class _Given:
+    """A context manager that hands out a span made beforehand (the cheap paths of :func:`rerank_span`)."""
+
+    __slots__ = ("_span",)
+
+    def __init__(self, span: RerankSpan) -> None:
+        self._span = span
+
+    def __enter__(self) -> RerankSpan:
+        return self._span
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+_NOTHING = _Given(_NOT_RECORDING)
+
+
 def rerank_span(
     name: str,
     *,
@@ -401,7 +426,7 @@ def rerank_span(
     kind: str = "INTERNAL",
     context: Any = None,
     hide_by_default: bool = False,
-) -> Iterator[RerankSpan]:
+) -> contextlib.AbstractContextManager[RerankSpan]:
     """Open the ``RERANKER`` span of one rerank call as the current span; yields a :class:`RerankSpan` to fill.
 
     Inside another call's span (an adapter's, when it calls its scorer) no span is opened: the yielded object adds
@@ -417,15 +442,31 @@ def rerank_span(
     """
     outer = _active.get()
     if outer is not None:
-        yield _NestedSpan(outer)
-        return
+        return _Given(_NestedSpan(outer))
     config = _config
     api = _trace_api() if config.enabled else None
     if api is None:
-        yield _NOT_RECORDING
-        return
+        return _NOTHING
+    provider = config.tracer_provider
+    if provider is None:
+        provider = api.get_tracer_provider()
+        if isinstance(provider, api.ProxyTracerProvider):  # the global one is not set yet: nothing would record
+            return _NOTHING
+    return _recording(api, provider, name, entry_point, kind, context, hide_by_default, config)
+
+
+@contextlib.contextmanager
+def _recording(
+    api: Any,
+    provider: Any,
+    name: str,
+    entry_point: str,
+    kind: str,
+    context: Any,
+    hide_by_default: bool,
+    config: TraceConfig,
+) -> Iterator[RerankSpan]:
     try:
-        provider = config.tracer_provider if config.tracer_provider is not None else api.get_tracer_provider()
         tracer = _tracer(provider)
         span = tracer.start_span(name, context=context, kind=getattr(api.SpanKind, kind))
     except Exception:  # a broken tracer setup must not fail a rerank
