@@ -424,7 +424,7 @@ def rerank_span(
     *,
     entry_point: str,
     kind: str = "INTERNAL",
-    context: Any = None,
+    carrier: Mapping[str, str] | None = None,
     hide_by_default: bool = False,
 ) -> contextlib.AbstractContextManager[RerankSpan]:
     """Open the ``RERANKER`` span of one rerank call as the current span; yields a :class:`RerankSpan` to fill.
@@ -436,7 +436,8 @@ def rerank_span(
         name: The span's name (the API that was called, e.g. ``"PixieScorer.rank"``).
         entry_point: Recorded as ``pixie.entry_point``.
         kind: The OpenTelemetry span kind's name (``"SERVER"`` for a request from the network).
-        context: The parent context (the server's extracted ``traceparent``); ``None``: the current one.
+        carrier: Headers to take the parent from (W3C ``traceparent``, through the application's propagators: the
+            server's request headers); ``None``, or headers without one: the current span is the parent.
         hide_by_default: Hide inputs and outputs unless the code's :class:`TraceConfig` says otherwise (a framework
             whose own convention keeps content out of traces by default: Haystack).
     """
@@ -452,7 +453,7 @@ def rerank_span(
         provider = api.get_tracer_provider()
         if isinstance(provider, api.ProxyTracerProvider):  # the global one is not set yet: nothing would record
             return _NOTHING
-    return _recording(api, provider, name, entry_point, kind, context, hide_by_default, config)
+    return _recording(api, provider, name, entry_point, kind, carrier, hide_by_default, config)
 
 
 @contextlib.contextmanager
@@ -462,11 +463,16 @@ def _recording(
     name: str,
     entry_point: str,
     kind: str,
-    context: Any,
+    carrier: Mapping[str, str] | None,
     hide_by_default: bool,
     config: TraceConfig,
 ) -> Iterator[RerankSpan]:
     try:
+        context = None
+        if carrier is not None:
+            from opentelemetry import propagate
+
+            context = propagate.extract(carrier)  # the current context where the headers carry no parent
         tracer = _tracer(provider)
         span = tracer.start_span(name, context=context, kind=getattr(api.SpanKind, kind))
     except Exception:  # a broken tracer setup must not fail a rerank

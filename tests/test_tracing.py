@@ -546,3 +546,18 @@ def test_example_runs_offline_with_tiny_model(run_example: Any) -> None:
     assert "PixieRerank  (kind RERANKER, parent: answer question)" in result.stdout
     hidden = run_example("tracing.py", "--tiny", "--hide")
     assert REDACTED in hidden.stdout and QUERY not in hidden.stdout
+
+
+def test_a_traceparent_header_becomes_the_parent(spans: InMemorySpanExporter) -> None:
+    trace_id, span_id = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    headers = {"traceparent": f"00-{trace_id}-{span_id}-01", "content-type": "application/json"}
+    with t.rerank_span("pixie.serve /v1/rerank", entry_point="server", kind="SERVER", carrier=headers) as span:
+        span.request(query=QUERY, model_name="m")
+    (finished,) = spans.get_finished_spans()
+    assert finished.kind is trace.SpanKind.SERVER
+    assert f"{finished.context.trace_id:032x}" == trace_id and f"{finished.parent.span_id:016x}" == span_id
+    assert finished.parent.is_remote
+    spans.clear()
+    with t.rerank_span("no parent", entry_point="server", kind="SERVER", carrier={}):
+        pass
+    assert spans.get_finished_spans()[0].parent is None
