@@ -15,6 +15,7 @@ import copy
 import inspect
 import logging
 import os
+import sys
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -219,7 +220,7 @@ class PixieRerank(BaseDocumentCompressor):
         try:
             # The OpenInference span of this call, a child of the current one (the chain's, where an instrumentor
             # traces LangChain); the scorer's work is added to it rather than opening a second span.
-            with rerank_span(_RUN_NAME, entry_point="langchain") as span:
+            with rerank_span(_RUN_NAME, entry_point="langchain", parent=_instrumentor_span(run.run_id)) as span:
                 _check_query(query)
                 texts = _texts(documents, rank_fields)
                 scorer = self._scorer_for(model)
@@ -261,7 +262,7 @@ class PixieRerank(BaseDocumentCompressor):
             name=_RUN_NAME,
         )
         try:
-            with rerank_span(_RUN_NAME, entry_point="langchain") as span:
+            with rerank_span(_RUN_NAME, entry_point="langchain", parent=_instrumentor_span(run.run_id)) as span:
                 _check_query(query)
                 texts = _texts(documents, rank_fields)
                 scorer = await asyncio.to_thread(self._scorer_for, model)  # may load the model (seconds)
@@ -401,6 +402,23 @@ def _run_outputs(results: list[dict[str, Any]]) -> dict[str, Any]:
         "scores": [r["relevance_score"] for r in results],
         "indices": [r["index"] for r in results],
     }
+
+
+def _instrumentor_span(run_id: Any) -> Any:
+    """The span OpenInference's LangChain instrumentor opened for this call's run, when it is active.
+
+    It keeps its spans out of the OpenTelemetry context (callbacks may never detach one), so without this the
+    rerank span would not nest under the run's span but under whatever is current, or start a trace of its own.
+    """
+    module = sys.modules.get("openinference.instrumentation.langchain")
+    if module is None:
+        return None
+    try:
+        instrumentor = module.LangChainInstrumentor()  # a singleton
+        return instrumentor.get_span(run_id) if instrumentor.is_instrumented_by_opentelemetry else None
+    except Exception:  # its internals may move: fall back to the current span
+        logger.debug("Could not get the LangChain instrumentor's span", exc_info=True)
+        return None
 
 
 def _traced(doc: object, text: str, score: float | None = None) -> TracedDocument:

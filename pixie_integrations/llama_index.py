@@ -17,6 +17,7 @@ import copy
 import logging
 import math
 import os
+import sys
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -279,7 +280,7 @@ class PixieRerank(BaseNodePostprocessor):
             self.callback_manager.event(CBEventType.RERANKING, payload=self._payload(nodes, query)) as event,
             # The OpenInference span, a child of the current one (the query engine's, under an instrumentor); the
             # scorer's work is added to it rather than opening a second span.
-            rerank_span(_SPAN_NAME, entry_point="llama_index") as span,
+            rerank_span(_SPAN_NAME, entry_point="llama_index", merge_into=_instrumentor_span()) as span,
         ):
             self._trace_request(span, query, nodes, texts, scorer)
             scores = scorer.score(query, texts, instruction=self.instruction)
@@ -304,7 +305,7 @@ class PixieRerank(BaseNodePostprocessor):
         dispatcher.event(ReRankStartEvent(query=query_bundle, nodes=nodes, top_n=self.top_n, model_name=self.model))
         with (
             self.callback_manager.event(CBEventType.RERANKING, payload=self._payload(nodes, query)) as event,
-            rerank_span(_SPAN_NAME, entry_point="llama_index") as span,
+            rerank_span(_SPAN_NAME, entry_point="llama_index", merge_into=_instrumentor_span()) as span,
         ):
             self._trace_request(span, query, nodes, texts, scorer)
             # An async scorer (ascore) is awaited; a sync one runs in a worker thread.
@@ -367,6 +368,24 @@ def _trace_result(
         ),
         indices=order,
     )
+
+
+def _instrumentor_span() -> Any:
+    """The span OpenInference's LlamaIndex instrumentor opened for this call, when it is active.
+
+    It makes a RERANKER span of the dispatcher span around ``postprocess_nodes`` (from ``ReRankStartEvent``), and
+    keeps it out of the OpenTelemetry context. The rerank's ``pixie.*`` attributes go onto that span rather than a
+    second RERANKER span inside it.
+    """
+    module = sys.modules.get("openinference.instrumentation.llama_index")
+    if module is None:
+        return None
+    try:
+        span = module.get_current_span()
+    except Exception:  # its internals may move: fall back to a span of our own
+        logger.debug("Could not get the LlamaIndex instrumentor's span", exc_info=True)
+        return None
+    return span if span is not None and span.is_recording() else None
 
 
 def _require_query(query_bundle: QueryBundle | None) -> str:

@@ -219,8 +219,9 @@ class _RecordingSpan(RerankSpan):
     recording = True
     owner = True
 
-    def __init__(self, span: Any, *, hide_inputs: bool, hide_outputs: bool) -> None:
+    def __init__(self, span: Any, *, hide_inputs: bool, hide_outputs: bool, foreign: bool = False) -> None:
         self._span = span
+        self._foreign = foreign  # another instrumentor's span: it writes the OpenInference attributes itself
         self._hide_inputs = hide_inputs
         self._hide_outputs = hide_outputs
         self._inputs: list[TracedDocument] = []
@@ -311,11 +312,15 @@ class _RecordingSpan(RerankSpan):
     def finish(self) -> None:
         """Write everything to the span (the documents first: see the class docstring)."""
         out: dict[str, Any] = {}
-        _documents(out, RERANKER_INPUT_DOCUMENTS, self._inputs, hide=self._hide_inputs)
-        _documents(out, RERANKER_OUTPUT_DOCUMENTS, self._outputs, hide=self._hide_outputs)
-        out.update(self._attributes)
-        out.update(self._counts)
-        out[OPENINFERENCE_SPAN_KIND] = RERANKER
+        if self._foreign:  # only what the instrumentor cannot know
+            out.update((k, v) for k, v in self._attributes.items() if k.startswith("pixie.") and k != PIXIE_INSTRUCTION)
+            out.update(self._counts)
+        else:
+            _documents(out, RERANKER_INPUT_DOCUMENTS, self._inputs, hide=self._hide_inputs)
+            _documents(out, RERANKER_OUTPUT_DOCUMENTS, self._outputs, hide=self._hide_outputs)
+            out.update(self._attributes)
+            out.update(self._counts)
+            out[OPENINFERENCE_SPAN_KIND] = RERANKER
         try:
             self._span.set_attributes(out)
         except Exception:  # tracing must never fail a rerank
@@ -425,6 +430,8 @@ def rerank_span(
     entry_point: str,
     kind: str = "INTERNAL",
     carrier: Mapping[str, str] | None = None,
+    parent: Any = None,
+    merge_into: Any = None,
     hide_by_default: bool = False,
 ) -> contextlib.AbstractContextManager[RerankSpan]:
     """Open the ``RERANKER`` span of one rerank call as the current span; yields a :class:`RerankSpan` to fill.
@@ -438,6 +445,11 @@ def rerank_span(
         kind: The OpenTelemetry span kind's name (``"SERVER"`` for a request from the network).
         carrier: Headers to take the parent from (W3C ``traceparent``, through the application's propagators: the
             server's request headers); ``None``, or headers without one: the current span is the parent.
+        parent: An OpenTelemetry span to be the parent instead of the current one (a framework instrumentor's span
+            that it keeps out of the context).
+        merge_into: A recording ``RERANKER`` span another instrumentor opened for this very call (OpenInference's
+            LlamaIndex instrumentor, from the framework's rerank events): no span is opened; the ``pixie.*``
+            attributes are added to that one, which already holds the query and documents.
         hide_by_default: Hide inputs and outputs unless the code's :class:`TraceConfig` says otherwise (a framework
             whose own convention keeps content out of traces by default: Haystack).
     """
@@ -453,7 +465,21 @@ def rerank_span(
         provider = api.get_tracer_provider()
         if isinstance(provider, api.ProxyTracerProvider):  # the global one is not set yet: nothing would record
             return _NOTHING
-    return _recording(api, provider, name, entry_point, kind, carrier, hide_by_default, config)
+    if merge_into is not None:
+        return _merged(merge_into, entry_point)
+    return _recording(api, provider, name, entry_point, kind, carrier, parent, hide_by_default, config)
+
+
+@contextlib.contextmanager
+def _merged(span: Any, entry_point: str) -> Iterator[RerankSpan]:
+    recorder = _RecordingSpan(span, hide_inputs=True, hide_outputs=True, foreign=True)
+    recorder.set(PIXIE_ENTRY_POINT, entry_point)
+    token = _active.set(recorder)
+    try:
+        yield recorder
+    finally:
+        _active.reset(token)
+        recorder.finish()
 
 
 @contextlib.contextmanager
@@ -464,12 +490,15 @@ def _recording(
     entry_point: str,
     kind: str,
     carrier: Mapping[str, str] | None,
+    parent: Any,
     hide_by_default: bool,
     config: TraceConfig,
 ) -> Iterator[RerankSpan]:
     try:
         context = None
-        if carrier is not None:
+        if parent is not None:
+            context = api.set_span_in_context(parent)
+        elif carrier is not None:
             from opentelemetry import propagate
 
             context = propagate.extract(carrier)  # the current context where the headers carry no parent

@@ -561,3 +561,95 @@ def test_a_traceparent_header_becomes_the_parent(spans: InMemorySpanExporter) ->
     with t.rerank_span("no parent", entry_point="server", kind="SERVER", carrier={}):
         pass
     assert spans.get_finished_spans()[0].parent is None
+
+
+# -- under OpenInference's own instrumentors (they keep their spans out of the OpenTelemetry context) ---------------
+_UNDER_INSTRUMENTOR = r"""
+import json, sys
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from pixie_integrations import PixieScorer
+
+exporter = InMemorySpanExporter()
+provider = TracerProvider()
+provider.add_span_processor(SimpleSpanProcessor(exporter))
+from opentelemetry import trace
+trace.set_tracer_provider(provider)
+scorer = PixieScorer(sys.argv[1], device="cpu", dtype="float32")
+texts = ["first text about satellites", "second text about farms", "third text about the ocean"]
+
+if sys.argv[2] == "langchain":
+    from openinference.instrumentation.langchain import LangChainInstrumentor
+    from langchain_classic.retrievers import ContextualCompressionRetriever
+    from langchain_core.documents import Document
+    from langchain_core.embeddings import DeterministicFakeEmbedding
+    from langchain_core.vectorstores import InMemoryVectorStore
+    from pixie_integrations.langchain import PixieRerank
+
+    LangChainInstrumentor().instrument(tracer_provider=provider)
+    store = InMemoryVectorStore(embedding=DeterministicFakeEmbedding(size=16))
+    store.add_documents([Document(page_content=x, id=f"d{i}") for i, x in enumerate(texts)])
+    retriever = ContextualCompressionRetriever(
+        base_compressor=PixieRerank(scorer=scorer, top_n=2), base_retriever=store.as_retriever()
+    )
+    retriever.invoke("satellites")
+else:
+    from openinference.instrumentation.llama_index import LlamaIndexInstrumentor
+    from llama_index.core import Document, Settings, VectorStoreIndex
+    from llama_index.core.embeddings import MockEmbedding
+    from llama_index.core.llms import MockLLM
+    from pixie_integrations.llama_index import PixieRerank
+
+    LlamaIndexInstrumentor().instrument(tracer_provider=provider)
+    Settings.llm, Settings.embed_model = MockLLM(), MockEmbedding(embed_dim=8)
+    index = VectorStoreIndex.from_documents([Document(text=x) for x in texts])
+    index.as_query_engine(similarity_top_k=3, node_postprocessors=[PixieRerank(scorer=scorer, top_n=2)]).query("q")
+
+print(json.dumps([
+    {
+        "name": s.name,
+        "id": s.context.span_id,
+        "trace": s.context.trace_id,
+        "parent": s.parent.span_id if s.parent else None,
+        "kind": s.attributes.get("openinference.span.kind"),
+        "entry": s.attributes.get("pixie.entry_point"),
+    }
+    for s in exporter.get_finished_spans()
+]))
+"""
+
+
+@pytest.mark.parametrize("framework", ["langchain", "llama_index"])
+def test_under_openinferences_instrumentors_there_is_one_reranker_span_in_the_querys_trace(
+    tiny_reranker: Path, framework: str
+) -> None:
+    """LangChain's instrumentor makes a CHAIN span of the adapter's callback run: the RERANKER span nests under it.
+    LlamaIndex's makes a RERANKER span of the framework's rerank events: the pixie.* attributes go onto that one."""
+    pytest.importorskip(f"openinference.instrumentation.{framework}")
+    out = subprocess.run(
+        [sys.executable, "-c", _UNDER_INSTRUMENTOR, str(tiny_reranker), framework],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+        env={"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PATH": ""},
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    found = json.loads(out.stdout.strip().splitlines()[-1])
+    by_id = {s["id"]: s for s in found}
+    (ours,) = [s for s in found if s["entry"] == framework]
+    assert [s["id"] for s in found if s["kind"] == "RERANKER"] == [ours["id"]]
+    ancestors = []
+    parent = by_id.get(ours["parent"])
+    while parent is not None:
+        ancestors.append(parent)
+        parent = by_id.get(parent["parent"])
+    assert ancestors, "the rerank span started a trace of its own"
+    if framework == "langchain":
+        assert (ancestors[0]["name"], ancestors[0]["kind"]) == ("PixieRerank", "CHAIN")  # the adapter's run
+        assert ancestors[-1]["name"] == "ContextualCompressionRetriever"
+    else:
+        assert ours["name"] == "PixieRerank._postprocess_nodes"  # the instrumentor's span, merged into
+        assert ancestors[-1]["name"] == "RetrieverQueryEngine.query"
