@@ -16,6 +16,7 @@ import dataclasses
 import logging
 import math
 import os
+import sys
 import threading
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -103,6 +104,27 @@ def _split_dtype(dtype: str | None, model_kwargs: dict[str, Any] | None) -> tupl
             raise ValueError(f"dtype={dtype!r} and model_kwargs[{key!r}]={value!r} disagree; set only dtype.")
         dtype = dtype if dtype is not None else name
     return dtype, kwargs
+
+
+def _instrumentor_span() -> Any:
+    """The RERANKER span OpenInference's Haystack instrumentor opened around this ranker's run, when it is active.
+
+    It recognises rankers by name and signature and wraps their ``run`` in a current span of its own, which holds the
+    query and the documents; the rerank's ``pixie.*`` attributes go onto that span rather than a second one in it.
+    """
+    module = sys.modules.get("openinference.instrumentation.haystack")
+    if module is None:
+        return None
+    try:
+        if not module.HaystackInstrumentor().is_instrumented_by_opentelemetry:  # a singleton
+            return None
+        from opentelemetry import trace
+
+        span = trace.get_current_span()
+    except Exception:  # its internals may move: fall back to a span of our own
+        logger.debug("Could not get the Haystack instrumentor's span", exc_info=True)
+        return None
+    return span if span.is_recording() else None
 
 
 def _deduplicate(documents: list[Document]) -> list[Document]:
@@ -578,7 +600,10 @@ class PixieRanker:
         # Haystack keeps content out of traces unless HAYSTACK_CONTENT_TRACING_ENABLED=true: so does this span,
         # unless the code's TraceConfig says otherwise.
         return rerank_span(
-            "PixieRanker", entry_point="haystack", hide_by_default=not haystack_tracer.is_content_tracing_enabled
+            "PixieRanker",
+            entry_point="haystack",
+            merge_into=_instrumentor_span(),
+            hide_by_default=not haystack_tracer.is_content_tracing_enabled,
         )
 
     def _traced(self, doc: Document, score: float | None) -> TracedDocument:

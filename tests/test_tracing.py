@@ -594,7 +594,7 @@ if sys.argv[2] == "langchain":
         base_compressor=PixieRerank(scorer=scorer, top_n=2), base_retriever=store.as_retriever()
     )
     retriever.invoke("satellites")
-else:
+elif sys.argv[2] == "llama_index":
     from openinference.instrumentation.llama_index import LlamaIndexInstrumentor
     from llama_index.core import Document, Settings, VectorStoreIndex
     from llama_index.core.embeddings import MockEmbedding
@@ -605,6 +605,23 @@ else:
     Settings.llm, Settings.embed_model = MockLLM(), MockEmbedding(embed_dim=8)
     index = VectorStoreIndex.from_documents([Document(text=x) for x in texts])
     index.as_query_engine(similarity_top_k=3, node_postprocessors=[PixieRerank(scorer=scorer, top_n=2)]).query("q")
+elif sys.argv[2] == "haystack":
+    from openinference.instrumentation.haystack import HaystackInstrumentor
+    from haystack import Document, Pipeline
+    from haystack.components.retrievers.in_memory import InMemoryBM25Retriever
+    from haystack.document_stores.in_memory import InMemoryDocumentStore
+    from haystack.utils import ComponentDevice
+    from pixie_integrations.haystack import PixieRanker
+
+    HaystackInstrumentor().instrument(tracer_provider=provider)
+    store = InMemoryDocumentStore()
+    store.write_documents([Document(content=x) for x in texts])
+    pipeline = Pipeline()
+    pipeline.add_component("retriever", InMemoryBM25Retriever(document_store=store))
+    ranker = PixieRanker(model=sys.argv[1], device=ComponentDevice.from_str("cpu"), dtype="float32", top_k=2)
+    pipeline.add_component("ranker", ranker)
+    pipeline.connect("retriever.documents", "ranker.documents")
+    pipeline.run({"retriever": {"query": "satellites"}, "ranker": {"query": "satellites"}})
 
 print(json.dumps([
     {
@@ -620,12 +637,13 @@ print(json.dumps([
 """
 
 
-@pytest.mark.parametrize("framework", ["langchain", "llama_index"])
+@pytest.mark.parametrize("framework", ["langchain", "llama_index", "haystack"])
 def test_under_openinferences_instrumentors_there_is_one_reranker_span_in_the_querys_trace(
     tiny_reranker: Path, framework: str
 ) -> None:
     """LangChain's instrumentor makes a CHAIN span of the adapter's callback run: the RERANKER span nests under it.
-    LlamaIndex's makes a RERANKER span of the framework's rerank events: the pixie.* attributes go onto that one."""
+    LlamaIndex's (from the rerank events) and Haystack's (around a ranker's run) make a RERANKER span of their own:
+    the pixie.* attributes go onto that one."""
     pytest.importorskip(f"openinference.instrumentation.{framework}")
     out = subprocess.run(
         [sys.executable, "-c", _UNDER_INSTRUMENTOR, str(tiny_reranker), framework],
@@ -650,6 +668,9 @@ def test_under_openinferences_instrumentors_there_is_one_reranker_span_in_the_qu
     if framework == "langchain":
         assert (ancestors[0]["name"], ancestors[0]["kind"]) == ("PixieRerank", "CHAIN")  # the adapter's run
         assert ancestors[-1]["name"] == "ContextualCompressionRetriever"
-    else:
+    elif framework == "llama_index":
         assert ours["name"] == "PixieRerank._postprocess_nodes"  # the instrumentor's span, merged into
         assert ancestors[-1]["name"] == "RetrieverQueryEngine.query"
+    else:
+        assert ours["name"] == "PixieRanker.run"  # the instrumentor's span, merged into
+        assert ancestors[-1]["name"] == "Pipeline.run"
