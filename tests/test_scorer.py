@@ -416,7 +416,7 @@ def test_out_of_memory_splits_the_batch_and_loses_nothing(tiny_reranker: Path, p
         str(tiny_reranker), device="cpu", dtype="float32", token_budget=1 << 20, pack=pack, config_kwargs={"p": pack}
     )
     expected = scorer.score(QUERY, DOCS)
-    real_runner = scorer._runner
+    real_runner = scorer.pipeline.runner
     sizes: list[int] = []
 
     class TightMemory:
@@ -441,7 +441,7 @@ def test_out_of_memory_splits_the_batch_and_loses_nothing(tiny_reranker: Path, p
             self._check(batch)
             return real_runner.run_with_prefix(state, batch)
 
-    scorer._runner = TightMemory()  # type: ignore[assignment]
+    scorer.pipeline.runner = TightMemory()  # type: ignore[assignment]
     assert scorer.score(QUERY, DOCS) == pytest.approx(expected, abs=1e-5)
     assert sizes[0] == len(DOCS) and max(s for s in sizes[1:]) <= len(DOCS) // 2 + 1
 
