@@ -3,9 +3,11 @@ backend read them), with what only this project knows (pairs, tokens, batches, p
 
 Every entry point (:class:`~pixie_integrations.PixieScorer`'s score/rank and their async twins, the LangChain,
 LlamaIndex and Haystack adapters, the server) opens one span per rerank call with :func:`rerank_span`, a child of
-the current span (a framework instrumentor's, Haystack's component span, the server's incoming ``traceparent``).
-A call made while such a span of this package is open (an adapter calling its scorer, ``rank`` calling ``score``)
-opens no second span: its work (pairs, tokens, batches, device) is added to the open one, which holds the documents.
+the current span (the application's, Haystack's component span, the server's incoming ``traceparent``, or a span
+an instrumentor keeps out of the context, given as ``parent``). A call made while such a span of this package is
+open (an adapter calling its scorer, ``rank`` calling ``score``) opens no second span: its work (pairs, tokens,
+batches, device) is added to the open one, which holds the documents. Where an instrumentor already opened a
+RERANKER span for the call (``merge_into``), the work goes onto that one.
 
 Only ``opentelemetry-api`` is used (the ``tracing`` extra), and only once the application has imported it: the
 global tracer provider lives in ``opentelemetry.trace``, so while that module is not imported no provider can have
