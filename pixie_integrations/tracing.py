@@ -446,7 +446,9 @@ def rerank_span(
         entry_point: Recorded as ``pixie.entry_point``.
         kind: The OpenTelemetry span kind's name (``"SERVER"`` for a request from the network).
         carrier: Headers to take the parent from (W3C ``traceparent``, through the application's propagators: the
-            server's request headers); ``None``, or headers without one: the current span is the parent.
+            server's request headers); ``None``, or headers without one: the current span is the parent. Where a
+            span is already current (an HTTP instrumentation's, which took the headers' parent), it is the parent
+            and the span's kind is ``INTERNAL``.
         parent: An OpenTelemetry span to be the parent instead of the current one (a framework instrumentor's span
             that it keeps out of the context).
         merge_into: A recording ``RERANKER`` span another instrumentor opened for this very call (OpenInference's
@@ -501,9 +503,13 @@ def _recording(
         if parent is not None:
             context = api.set_span_in_context(parent)
         elif carrier is not None:
-            from opentelemetry import propagate
+            if api.get_current_span().get_span_context().is_valid:
+                # An HTTP instrumentation's span is current (it took the headers' parent already): be its child.
+                kind = "INTERNAL"
+            else:
+                from opentelemetry import propagate
 
-            context = propagate.extract(carrier)  # the current context where the headers carry no parent
+                context = propagate.extract(carrier)  # the current context where the headers carry no parent
         tracer = _tracer(provider)
         span = tracer.start_span(name, context=context, kind=getattr(api.SpanKind, kind))
     except Exception:  # a broken tracer setup must not fail a rerank

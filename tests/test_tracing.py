@@ -563,6 +563,19 @@ def test_a_traceparent_header_becomes_the_parent(spans: InMemorySpanExporter) ->
     assert spans.get_finished_spans()[0].parent is None
 
 
+def test_under_an_http_instrumentations_span_the_server_span_is_its_child(
+    spans: InMemorySpanExporter, tracer: trace.Tracer
+) -> None:
+    headers = {"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}
+    with (
+        tracer.start_as_current_span("POST /v1/rerank", kind=trace.SpanKind.SERVER) as http,
+        t.rerank_span("pixie.serve /v1/rerank", entry_point="server", kind="SERVER", carrier=headers),
+    ):
+        pass
+    ours = spans.get_finished_spans()[0]
+    assert ours.parent.span_id == http.get_span_context().span_id and ours.kind is trace.SpanKind.INTERNAL
+
+
 # -- under OpenInference's own instrumentors (they keep their spans out of the OpenTelemetry context) ---------------
 _UNDER_INSTRUMENTOR = r"""
 import json, sys
