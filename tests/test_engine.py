@@ -160,7 +160,9 @@ def test_cancelling_the_awaiting_task_drops_the_pairs(tiny_scorer: PixieScorer) 
 
     async def main() -> None:
         task = asyncio.ensure_future(engine.ascore(many))
-        await asyncio.sleep(0.05)
+        deadline = time.monotonic() + 30
+        while engine.pending_pairs == 0 and time.monotonic() < deadline:  # tokenized and queued
+            await asyncio.sleep(0.005)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task

@@ -551,6 +551,7 @@ def test_cli_serve_passes_its_settings(monkeypatch: pytest.MonkeyPatch, tiny_rer
         "port": 8123,
         "served_model_name": ["pixie", "rerank-v3.5"],
         "api_key": "k",
+        "metrics_without_key": False,
         "limits": ServerLimits(max_documents=50, request_timeout=2.5),
         "device": "cpu",
         "dtype": "float32",

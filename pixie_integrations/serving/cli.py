@@ -70,6 +70,12 @@ def register(subparsers: Any) -> None:
         help="require 'Authorization: Bearer KEY' on every route but /health (default: $PIXIE_API_KEY, else none; "
         "an empty key is an error)",
     )
+    parser.add_argument(
+        "--metrics-without-key",
+        action="store_true",
+        help="serve GET /metrics (Prometheus) without the API key, for a scraper that has none (default: it needs "
+        "the key like every route but /health)",
+    )
     limits = parser.add_argument_group("limits (per request; past one, a clear 4xx)")
     defaults = ServerLimits()
     limits.add_argument(
@@ -140,6 +146,7 @@ def _run(args: argparse.Namespace) -> int:
             port=args.port,
             served_model_name=args.served_model_name,
             api_key=args.api_key,
+            metrics_without_key=args.metrics_without_key,
             limits=ServerLimits(
                 max_body_bytes=args.max_body_bytes,
                 max_documents=args.max_documents,

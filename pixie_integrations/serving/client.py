@@ -24,30 +24,46 @@ time; 429 and 503 answers and connection failures are retried with exponential b
 ``score`` / ``score_pairs`` / ``rank`` block; ``ascore`` / ``ascore_pairs`` / ``arank`` are native asyncio (one
 ``httpx.AsyncClient``). Either way the results are what ``PixieScorer`` returns: Python floats in input order,
 ``RankResult`` from ``rank``.
+
+``api="vllm"`` pointed at this project's own server is refused (a :class:`RemoteScorerError` naming ``api="pixie"``):
+that server applies the template itself, so the client's would be applied twice.
+
+This module holds the scorer; the rest lives beside it: :mod:`.remote_shapes` (each API's requests and answers),
+:mod:`.remote_transport` (connections, retries, errors), :mod:`.remote_errors` (:class:`RemoteScorerError`) and
+:mod:`.engines` (what each engine does to the text).
 """
 
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import logging
-import math
 import threading
-import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 import httpx
-from tenacity import AsyncRetrying, Retrying, retry_if_exception, stop_after_attempt, wait_exponential, wait_random
 
-from .. import __version__
 from ..families import ModelFamily
 from ..ranking import RankResult, check_top_n, rank_by_score
 from ..template import DEFAULT_INSTRUCTION, format_document, format_query
 from ..validation import check_documents, check_pairs, check_query
-from .engines import DocumentCutter, engine_family
+from .engines import PIXIE_OWNER, VLLM_ON_PIXIE, DocumentCutter, engine_family, served_by_pixie
+from .remote_errors import RemoteScorerError, unexpected_answer
+from .remote_shapes import (
+    APIS,
+    DEFAULT_DOCUMENT_CAP,
+    VLLM_ROUTES,
+    Api,
+    Call,
+    infinity_rerank,
+    pixie_score,
+    place_scores,
+    tei_rerank,
+    vllm_rerank,
+    vllm_score,
+)
+from .remote_transport import Transport
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -56,44 +72,6 @@ if TYPE_CHECKING:
 __all__ = ["RemoteScorer", "RemoteScorerError"]
 
 logger = logging.getLogger(__name__)
-
-Api = Literal["pixie", "vllm", "tei", "infinity"]
-_APIS = ("pixie", "vllm", "tei", "infinity")
-_VLLM_ROUTES = ("score", "rerank")
-
-# Documents per request unless told otherwise: TEI's default --max-client-batch-size is 32; Infinity accepts 2048.
-_DEFAULT_DOCUMENT_CAP = {"pixie": 128, "vllm": 128, "tei": 32, "infinity": 256}
-_RETRY_STATUSES = frozenset({429, 503})
-# A server's Retry-After is honoured up to this many seconds; past it the call fails rather than hang.
-_MAX_RETRY_AFTER_S = 60.0
-
-
-class RemoteScorerError(RuntimeError):
-    """A scoring server could not be reached or refused a request; ``url`` and ``status_code`` say which and how."""
-
-    def __init__(
-        self, message: str, *, url: str, status_code: int | None = None, retry_after: float | None = None
-    ) -> None:
-        super().__init__(message)
-        self.url = url
-        """The URL that was requested."""
-        self.status_code = status_code
-        """The HTTP status the server answered with; ``None`` when no answer came."""
-        self.retry_after = retry_after
-        """Seconds the server asked to wait before retrying (its ``Retry-After``), if it said."""
-        self.retryable = status_code in _RETRY_STATUSES
-        """Whether a later try may succeed (overload, unavailability, a failed connection)."""
-
-
-@dataclass(frozen=True)
-class _Call:
-    """One HTTP request of a scoring call: what to post, and where its scores go in the call's output."""
-
-    path: str
-    payload: dict[str, Any]
-    positions: list[int]
-    parse: Callable[[Any, str], list[float]]
-    """The request's scores from the answer, in the order of ``positions``."""
 
 
 class RemoteScorer:
@@ -150,14 +128,14 @@ class RemoteScorer:
     ) -> None:
         if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
             raise ValueError(f"base_url must be an http:// or https:// URL, got {base_url!r}")
-        if api not in _APIS:
-            raise ValueError(f"api must be one of {_APIS}, got {api!r}")
+        if api not in APIS:
+            raise ValueError(f"api must be one of {APIS}, got {api!r}")
         if model is not None and not isinstance(model, str):
             raise TypeError(f"model must be a str or None, not {type(model).__name__}")
         if not isinstance(instruction, str):
             raise TypeError(f"instruction must be a str, not {type(instruction).__name__}")
-        if vllm_route not in _VLLM_ROUTES:
-            raise ValueError(f"vllm_route must be one of {_VLLM_ROUTES}, got {vllm_route!r}")
+        if vllm_route not in VLLM_ROUTES:
+            raise ValueError(f"vllm_route must be one of {VLLM_ROUTES}, got {vllm_route!r}")
         for name, value in (("max_documents_per_request", max_documents_per_request), ("max_length", max_length)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
                 raise ValueError(f"{name} must be a positive int or None, got {value!r}")
@@ -184,19 +162,50 @@ class RemoteScorer:
             raise ValueError("tokenizer= is only used to cut documents to max_length: give max_length too")
         self.max_length = max_length
         self.vllm_route: Literal["score", "rerank"] = vllm_route
-        self.max_documents_per_request = max_documents_per_request or _DEFAULT_DOCUMENT_CAP[api]
+        self.max_documents_per_request = max_documents_per_request or DEFAULT_DOCUMENT_CAP[api]
         self.max_concurrency = max_concurrency
-        self.retries = retries
-        self.backoff = backoff
-        self.timeout = timeout
         self._tokenizer_name = tokenizer
         self._cutter: DocumentCutter | None = None
         self._headers = dict(headers or {})
         self._model = model
         self._lock = threading.Lock()
-        all_headers = {"User-Agent": f"pixie-integrations/{__version__}", **self._headers}
-        self._client = httpx.Client(timeout=timeout, headers=all_headers)
-        self._async_clients: dict[int, tuple[asyncio.AbstractEventLoop, httpx.AsyncClient]] = {}
+        self._transport = Transport(
+            self.base_url,
+            timeout=timeout,
+            headers=self._headers,
+            retries=retries,
+            backoff=backoff,
+            logger=logger,
+            check=self._refuse_pixie_server if api == "vllm" else None,
+        )
+
+    # -- connection settings ---------------------------------------------------------------------------------------
+    @property
+    def retries(self) -> int:
+        """Further tries after a 429, a 503 or a failed connection."""
+        return self._transport.retries
+
+    @retries.setter
+    def retries(self, value: int) -> None:
+        self._transport.retries = value
+
+    @property
+    def backoff(self) -> float:
+        """Seconds before the first retry."""
+        return self._transport.backoff
+
+    @backoff.setter
+    def backoff(self, value: float) -> None:
+        self._transport.backoff = value
+
+    @property
+    def timeout(self) -> float | None:
+        """Seconds to wait for connecting and for each answer (fixed when the scorer is built)."""
+        return self._transport.timeout
+
+    @property
+    def _client(self) -> httpx.Client:
+        return self._transport.client
 
     # -- what is served --------------------------------------------------------------------------------------------
     @property
@@ -293,21 +302,11 @@ class RemoteScorer:
     # -- lifecycle -------------------------------------------------------------------------------------------------
     def close(self) -> None:
         """Close the pooled connections; this scorer cannot send requests afterwards (make a new one)."""
-        self._client.close()
-        with self._lock:
-            clients, self._async_clients = list(self._async_clients.values()), {}
-        for loop, client in clients:
-            if not loop.is_closed() and not loop.is_running():
-                loop.run_until_complete(client.aclose())
+        self._transport.close()
 
     async def aclose(self) -> None:
         """Close the connections, the async ones from inside the running event loop."""
-        loop = asyncio.get_running_loop()
-        with self._lock:
-            entry = self._async_clients.pop(id(loop), None)
-        if entry is not None:
-            await entry[1].aclose()
-        self.close()
+        await self._transport.aclose()
 
     def __enter__(self) -> Self:
         return self
@@ -352,7 +351,7 @@ class RemoteScorer:
             raise TypeError(f"instruction must be a str or None, not {type(instruction).__name__}")
         return instruction
 
-    def _calls(self, queries: list[str], documents: list[str], instruction: str, raw: bool) -> list[_Call]:
+    def _calls(self, queries: list[str], documents: list[str], instruction: str, raw: bool) -> list[Call]:
         """The requests scoring ``documents`` against ``queries`` (one query for all, or one per document)."""
         if not documents:
             return []
@@ -379,21 +378,12 @@ class RemoteScorer:
 
     def _pairwise_call(
         self, queries: list[str], positions: list[int], documents: list[str], instruction: str, raw: bool
-    ) -> _Call:
+    ) -> Call:
         texts = [documents[i] for i in positions]
         one_query = len(set(queries)) == 1
-        payload: dict[str, Any]
         if self.api == "pixie":
-            payload = {
-                "queries": queries[0] if one_query else queries,
-                "documents": texts,
-                "instruction": instruction,
-                "raw": raw,
-            }
-            if self._model is not None:
-                payload["model"] = self._model
-            return _Call("/score", payload, positions, _parse_pixie_scores(len(texts)))
-        # vLLM /score. No truncate_prompt_tokens, ever: vLLM would cut the end of the input, i.e. the template's suffix.
+            query_field = queries[0] if one_query else queries
+            return pixie_score(query_field, texts, positions, instruction=instruction, raw=raw, model=self._model)
         text_1: str | list[str]
         if self.family.uses_template:
             text_2 = self._documents_b(queries, texts, instruction)
@@ -403,37 +393,20 @@ class RemoteScorer:
         else:
             text_2 = texts
             text_1 = queries[0] if one_query else queries  # one text A for all documents (vLLM's 1:N form)
-        payload = {"text_1": text_1, "text_2": text_2}
-        if self._model is not None:
-            payload["model"] = self._model
-        return _Call("/score", payload, positions, _parse_vllm_score(len(texts), raw))
+        return vllm_score(text_1, text_2, positions, raw=raw, model=self._model)
 
-    def _one_query_call(self, query: str, positions: list[int], texts: list[str], instruction: str, raw: bool) -> _Call:
+    def _one_query_call(self, query: str, positions: list[int], texts: list[str], instruction: str, raw: bool) -> Call:
         if self.api == "tei":
-            # Scores come back best first; "truncate" cuts the longer sequence (the document) from the right to
-            # TEI's max input length, as the local scorer cuts an encoder's document.
-            payload: dict[str, Any] = {"query": query, "texts": texts, "raw_scores": raw, "truncate": True}
-            return _Call("/rerank", payload, positions, _parse_tei(len(texts)))
+            return tei_rerank(query, texts, positions, raw=raw)
         if self.api == "infinity":
-            payload = {"query": query, "documents": texts, "raw_scores": raw, "return_documents": False}
-            if self._model is not None:
-                payload["model"] = self._model
-            return _Call("/rerank", payload, positions, _parse_cohere_results(len(texts), "relevance_score"))
-        # vLLM /v1/rerank: the same scoring as /score (query = text A, each document = a text B).
+            return infinity_rerank(query, texts, positions, raw=raw, model=self._model)
         if self.family.uses_template:
-            payload = {
-                "query": format_query(query, instruction),
-                "documents": self._documents_b([query] * len(texts), texts, instruction),
-                "top_n": len(texts),
-            }
-        else:
-            payload = {"query": query, "documents": texts, "top_n": len(texts)}
-        if self._model is not None:
-            payload["model"] = self._model
-        parse = _parse_cohere_results(len(texts), "relevance_score")
-        if raw:
-            return _Call("/v1/rerank", payload, positions, lambda body, url: [_logit(p) for p in parse(body, url)])
-        return _Call("/v1/rerank", payload, positions, parse)
+            text_a, texts_b = (
+                format_query(query, instruction),
+                self._documents_b([query] * len(texts), texts, instruction),
+            )
+            return vllm_rerank(text_a, texts_b, positions, raw=raw, model=self._model)
+        return vllm_rerank(query, texts, positions, raw=raw, model=self._model)
 
     def _documents_b(self, queries: list[str], texts: list[str], instruction: str) -> list[str]:
         """Text B of each pair, the document cut to ``max_length`` (template included) when one is set."""
@@ -457,7 +430,7 @@ class RemoteScorer:
         return [format_document(d) for d in cut]
 
     # -- sending ---------------------------------------------------------------------------------------------------
-    def _run(self, calls: list[_Call], count: int) -> list[float]:
+    def _run(self, calls: list[Call], count: int) -> list[float]:
         if not calls:
             return []
         if len(calls) == 1 or self.max_concurrency == 1:
@@ -465,255 +438,58 @@ class RemoteScorer:
         else:
             with ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(calls))) as pool:
                 answers = list(pool.map(self._post_call, calls))
-        return _place(calls, answers, count)
+        return place_scores(calls, answers, count)
 
-    async def _arun(self, calls: list[_Call], count: int) -> list[float]:
+    async def _arun(self, calls: list[Call], count: int) -> list[float]:
         if not calls:
             return []
         limit = asyncio.Semaphore(self.max_concurrency)
 
-        async def one(call: _Call) -> list[float]:
+        async def one(call: Call) -> list[float]:
             async with limit:
                 return await self._apost_call(call)
 
         answers = await asyncio.gather(*(one(c) for c in calls))
-        return _place(calls, list(answers), count)
+        return place_scores(calls, list(answers), count)
 
-    def _post_call(self, call: _Call) -> list[float]:
+    def _post_call(self, call: Call) -> list[float]:
         return call.parse(self._request("POST", call.path, call.payload), self.base_url + call.path)
 
-    async def _apost_call(self, call: _Call) -> list[float]:
-        body = await self._arequest("POST", call.path, call.payload)
+    async def _apost_call(self, call: Call) -> list[float]:
+        body = await self._transport.arequest("POST", call.path, call.payload)
         return call.parse(body, self.base_url + call.path)
 
     def _request(self, method: str, path: str, payload: dict[str, Any] | None) -> Any:
         """One request with retries; the decoded JSON answer."""
-        retrying = Retrying(**self._retry_policy())
-        return retrying(self._send_once, method, path, payload)
+        return self._transport.request(method, path, payload)
 
-    async def _arequest(self, method: str, path: str, payload: dict[str, Any] | None) -> Any:
-        retrying = AsyncRetrying(**self._retry_policy())
-        return await retrying(self._asend_once, method, path, payload)
-
-    def _retry_policy(self) -> dict[str, Any]:
-        return {
-            "stop": stop_after_attempt(self.retries + 1),
-            "wait": _WaitRetryAfter(self.backoff),
-            "retry": retry_if_exception(lambda exc: isinstance(exc, RemoteScorerError) and exc.retryable),
-            "before_sleep": _log_retry,
-            "reraise": True,
-        }
-
-    def _send_once(self, method: str, path: str, payload: dict[str, Any] | None) -> Any:
-        url = self.base_url + path
-        try:
-            response = self._client.request(method, url, json=payload)
-        except httpx.HTTPError as exc:
-            raise self._transport_error(url, exc) from exc
-        return self._decode(url, response)
-
-    async def _asend_once(self, method: str, path: str, payload: dict[str, Any] | None) -> Any:
-        url = self.base_url + path
-        try:
-            response = await self._async_client().request(method, url, json=payload)
-        except httpx.HTTPError as exc:
-            raise self._transport_error(url, exc) from exc
-        return self._decode(url, response)
-
-    def _async_client(self) -> httpx.AsyncClient:
-        # An AsyncClient's pool belongs to the event loop it first ran on: one client per loop.
-        loop = asyncio.get_running_loop()
-        with self._lock:
-            entry = self._async_clients.get(id(loop))
-            if entry is None or entry[0] is not loop:
-                headers = {"User-Agent": f"pixie-integrations/{__version__}", **self._headers}
-                entry = (loop, httpx.AsyncClient(timeout=self.timeout, headers=headers))
-                self._async_clients = {
-                    key: value for key, value in self._async_clients.items() if not value[0].is_closed()
-                }
-                self._async_clients[id(loop)] = entry
-            return entry[1]
-
-    def _transport_error(self, url: str, exc: httpx.HTTPError) -> RemoteScorerError:
-        if isinstance(exc, httpx.ConnectError):
-            error = RemoteScorerError(
-                f"The scoring server is not reachable at {url} ({exc}). Is it running, and is base_url right?", url=url
-            )
-            error.retryable = True
-            return error
-        if isinstance(exc, httpx.TimeoutException):
-            error = RemoteScorerError(
-                f"The scoring server at {url} did not answer within {self.timeout} s ({type(exc).__name__}).", url=url
-            )
-            error.retryable = isinstance(exc, httpx.ConnectTimeout)  # a slow answer is not retried: it would pile up
-            return error
-        error = RemoteScorerError(f"The request to {url} failed: {exc}", url=url)
-        error.retryable = isinstance(exc, (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError))
-        return error
-
-    def _decode(self, url: str, response: httpx.Response) -> Any:
-        if response.status_code >= 400:
-            hint = ""
-            if response.status_code == 404 and self.base_url.endswith("/v1"):
-                hint = " (base_url should be the server's root, without /v1)"
-            raise RemoteScorerError(
-                f"{url} answered HTTP {response.status_code}: {_error_detail(response)}{hint}",
-                url=url,
-                status_code=response.status_code,
-                retry_after=_retry_after(response),
-            )
-        try:
-            return response.json()
-        except ValueError as exc:
-            raise RemoteScorerError(
-                f"{url} answered with something that is not JSON", url=url, status_code=response.status_code
-            ) from exc
+    def _refuse_pixie_server(self, url: str, response: httpx.Response) -> None:
+        """With ``api="vllm"``: this project's own server applies the template itself, so the client's would be
+        applied twice (scores off by a few hundredths, rankings changed): refuse its first answer."""
+        if served_by_pixie(response.headers):
+            raise RemoteScorerError(VLLM_ON_PIXIE.format(url=self.base_url), url=url)
 
     def _discover_model(self) -> str:
         if self.api == "tei":
             body = self._request("GET", "/info", None)
             if not isinstance(body, dict) or not body.get("model_id"):
-                raise _unexpected(self.base_url + "/info", "expected {'model_id': ...}; pass model= to RemoteScorer")
+                raise unexpected_answer(
+                    self.base_url + "/info", "expected {'model_id': ...}; pass model= to RemoteScorer"
+                )
             if not self._family_given:
                 engine_family(self.api, None, str(body["model_id"]))
             return str(body["model_id"])
         body = self._request("GET", "/v1/models" if self.api != "infinity" else "/models", None)
         data = body.get("data") if isinstance(body, dict) else None
         if not isinstance(data, list) or not data or not isinstance(data[0], dict) or not data[0].get("id"):
-            raise _unexpected(
+            raise unexpected_answer(
                 self.base_url + "/v1/models", "expected {'data': [{'id': ...}]}; pass model= to RemoteScorer"
             )
+        if self.api == "vllm" and any(isinstance(d, dict) and d.get("owned_by") == PIXIE_OWNER for d in data):
+            raise RemoteScorerError(VLLM_ON_PIXIE.format(url=self.base_url), url=self.base_url + "/v1/models")
         if len(data) > 1:
             logger.warning("%s serves several models; using %r (pass model= to choose)", self.base_url, data[0]["id"])
         name = str(data[0]["id"])
         if not self._family_given:
             engine_family(self.api, None, name)  # an Infinity serving a template model is refused here
         return name
-
-
-# -- answers ---------------------------------------------------------------------------------------------------------
-def _place(calls: list[_Call], answers: list[list[float]], count: int) -> list[float]:
-    scores = [0.0] * count
-    for call, answer in zip(calls, answers):
-        for position, score in zip(call.positions, answer):
-            scores[position] = score
-    return scores
-
-
-def _parse_pixie_scores(count: int) -> Callable[[Any, str], list[float]]:
-    def parse(body: Any, url: str) -> list[float]:
-        scores = body.get("scores") if isinstance(body, dict) else None
-        if not isinstance(scores, list) or len(scores) != count:
-            raise _unexpected(url, f"expected 'scores' with {count} numbers")
-        return [_as_float(s, url) for s in scores]
-
-    return parse
-
-
-def _by_index(items: Any, count: int, url: str, key: str) -> list[float]:
-    if not isinstance(items, list) or len(items) != count:
-        raise _unexpected(url, f"expected {count} results")
-    by_index: dict[int, float] = {}
-    for item in items:
-        index = item.get("index") if isinstance(item, dict) else None
-        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < count or index in by_index:
-            raise _unexpected(url, "each result needs a distinct 'index' within range")
-        by_index[index] = _as_float(item.get(key), url)
-    # Servers answer best first (TEI, rerank routes) or in input order (vLLM /score): placed by "index" either way.
-    return [by_index[i] for i in range(count)]
-
-
-def _parse_vllm_score(count: int, raw: bool) -> Callable[[Any, str], list[float]]:
-    def parse(body: Any, url: str) -> list[float]:
-        probabilities = _by_index(body.get("data") if isinstance(body, dict) else None, count, url, "score")
-        return [_logit(p) for p in probabilities] if raw else probabilities
-
-    return parse
-
-
-def _parse_tei(count: int) -> Callable[[Any, str], list[float]]:
-    def parse(body: Any, url: str) -> list[float]:
-        return _by_index(body, count, url, "score")
-
-    return parse
-
-
-def _parse_cohere_results(count: int, key: str) -> Callable[[Any, str], list[float]]:
-    def parse(body: Any, url: str) -> list[float]:
-        # Cohere's shape ("results"); Infinity before 0.0.60 named it "data".
-        items = body.get("results", body.get("data")) if isinstance(body, dict) else None
-        return _by_index(items, count, url, key)
-
-    return parse
-
-
-def _unexpected(url: str, what: str) -> RemoteScorerError:
-    return RemoteScorerError(f"Unexpected answer from {url} (is api= right?): {what}", url=url)
-
-
-def _error_detail(response: httpx.Response) -> str:
-    """The server's own words: {"detail"}, OpenAI/vLLM's {"error": {"message"}}, TEI's {"error": str}, or the text."""
-    try:
-        body = response.json()
-    except ValueError:
-        return response.text[:500] or response.reason_phrase
-    if isinstance(body, dict):
-        error = body.get("error")
-        if isinstance(error, dict) and error.get("message"):
-            return str(error["message"])
-        if isinstance(error, str) and error:
-            return error
-        for key in ("detail", "message"):
-            if body.get(key):
-                return str(body[key])
-    return str(body)[:500]
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("retry-after")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
-
-
-class _WaitRetryAfter:
-    """tenacity wait: the server's ``Retry-After`` when it gave one (up to 60 s), else exponential with jitter."""
-
-    def __init__(self, backoff: float) -> None:
-        self.exponential = wait_exponential(multiplier=backoff, max=30.0) + wait_random(0, backoff)
-
-    def __call__(self, retry_state: Any) -> float:
-        outcome = retry_state.outcome
-        exc = outcome.exception() if outcome is not None else None
-        after = getattr(exc, "retry_after", None)
-        if after is not None:
-            return min(after, _MAX_RETRY_AFTER_S)
-        return float(self.exponential(retry_state))
-
-
-def _log_retry(retry_state: Any) -> None:
-    exc = retry_state.outcome.exception() if retry_state.outcome is not None else None
-    wait = retry_state.next_action.sleep if retry_state.next_action is not None else 0.0
-    logger.warning("%s; retrying in %.2f s (try %d).", exc, wait, retry_state.attempt_number + 1)
-
-
-def _as_float(value: Any, url: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise _unexpected(url, f"a score is {value!r}, not a number")
-    return float(value)
-
-
-def _logit(p: float) -> float:
-    if p <= 0.0:
-        return -math.inf
-    if p >= 1.0:
-        return math.inf
-    return math.log(p) - math.log1p(-p)

@@ -7,11 +7,21 @@ from __future__ import annotations
 
 import re
 import threading
+from collections.abc import Mapping
 
 from ..families import ModelFamily
 from ..template import DOCUMENT_HEAD, SUFFIX, format_query
 
-__all__ = ["REFUSALS", "TEMPLATE_NAME", "DocumentCutter", "engine_family"]
+__all__ = [
+    "PIXIE_OWNER",
+    "PIXIE_SERVER_HEADER",
+    "REFUSALS",
+    "TEMPLATE_NAME",
+    "VLLM_ON_PIXIE",
+    "DocumentCutter",
+    "engine_family",
+    "served_by_pixie",
+]
 
 TEMPLATE_NAME = re.compile(r"pixie|qwen3[-_]?reranker", re.IGNORECASE)
 """Served names of PIXIE-template models (to refuse them on TEI/Infinity when no family is given)."""
@@ -50,6 +60,21 @@ REFUSALS = {
         "BAAI/bge-reranker-v2-m3."
     ),
 }
+
+
+PIXIE_SERVER_HEADER = "X-Pixie-Server"
+"""The header on every answer of this project's server (``pixie-integrations/<version>``)."""
+PIXIE_OWNER = "pixie-integrations"
+"""``owned_by`` of this project's server's ``/v1/models`` entries."""
+VLLM_ON_PIXIE = (
+    "{url} is a pixie-integrations server, which applies the model's template itself: api='vllm' would apply it "
+    "twice and return wrong scores; use RemoteScorer({url!r}, api='pixie')"
+)
+
+
+def served_by_pixie(headers: Mapping[str, str]) -> bool:
+    """Whether an answer's headers say it came from this project's server (``pixie-rerank serve``, Ray Serve)."""
+    return headers.get(PIXIE_SERVER_HEADER, "").startswith(PIXIE_OWNER)
 
 
 class DocumentCutter:

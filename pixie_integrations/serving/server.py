@@ -44,6 +44,7 @@ from .. import __version__
 from ..engine import EngineOverloadedError, ScoringResult, ScoringTimeoutError
 from ..ranking import rank_by_score
 from .limits import BodySizeLimit, ServerLimits
+from .metrics import install_metrics
 from .schemas import (
     PixieScoreRequest,
     PixieScoreResponse,
@@ -109,6 +110,7 @@ def create_app(
     served_model_name: str | Sequence[str] | None = None,
     api_key: str | None = None,
     limits: ServerLimits | None = None,
+    metrics_without_key: bool = False,
 ) -> FastAPI:
     """A FastAPI app serving ``scorer`` through its model's batching engine.
 
@@ -121,6 +123,8 @@ def create_app(
             ``--api-key``), the schema and docs pages included. An empty key is an error, never "no auth".
         limits: Per-request limits (:class:`ServerLimits`); default ``ServerLimits()``. Its ``max_pending_pairs``
             bounds the model's batching engine, which every app and ``ascore`` caller of that model shares.
+        metrics_without_key: Serve ``GET /metrics`` (Prometheus) without the API key, for a scraper that has none;
+            by default it needs the key like every route but ``/health``.
     """
     names = _served_names(served_model_name, scorer.model_name)
     _check_api_key(api_key)
@@ -309,6 +313,7 @@ def create_app(
     for path, page in (("/openapi.json", openapi), ("/docs", swagger), ("/redoc", redoc)):
         app.add_api_route(path, page, methods=["GET"], dependencies=guarded, include_in_schema=False)
     _document_request_bodies(app, [RerankRequest, VllmScoreRequest, PixieScoreRequest])
+    install_metrics(app, engine, served_model_name=names[0], dependencies=[] if metrics_without_key else guarded)
     return app
 
 
@@ -320,6 +325,7 @@ def serve(
     served_model_name: str | Sequence[str] | None = None,
     api_key: str | None = None,
     limits: ServerLimits | None = None,
+    metrics_without_key: bool = False,
     log_level: str = "info",
     **scorer_settings: Any,
 ) -> None:
@@ -333,6 +339,7 @@ def serve(
         served_model_name: Name(s) reported to and accepted from clients (default: the hub id or folder name).
         api_key: Require ``Authorization: Bearer <api_key>`` on every route but ``/health``; empty is an error.
         limits: Per-request limits (:class:`ServerLimits`).
+        metrics_without_key: Serve ``GET /metrics`` without the API key (see :func:`create_app`).
         log_level: uvicorn's log level.
         **scorer_settings: Passed to ``PixieScorer`` (``device``, ``dtype``, ``max_length``, ``instruction``, ...).
     """
@@ -346,7 +353,13 @@ def serve(
     scorer = PixieScorer(model, **scorer_settings)
     # The first forward pass pays for lazy initialisation (and compilation with compile=True): not a client's request.
     scorer.score("warm-up", ["warm-up"])
-    app = create_app(scorer, served_model_name=served_model_name, api_key=api_key, limits=limits)
+    app = create_app(
+        scorer,
+        served_model_name=served_model_name,
+        api_key=api_key,
+        limits=limits,
+        metrics_without_key=metrics_without_key,
+    )
     if api_key is None and not _is_loopback(host):
         logger.warning(
             "Serving on %s without an API key: anyone who can reach the port can use the model "
