@@ -85,7 +85,10 @@ class PairEncoder:
         """
         if self._chars_per_token is None:
             return 0
-        return -(-len(text) // self._chars_per_token)
+        # Tokens are cut from the normalized text (NFC for Qwen), which can have fewer characters than ``text``.
+        normalizer = self._tokenizer.backend_tokenizer.normalizer
+        chars = len(normalizer.normalize_str(text)) if normalizer is not None else len(text)
+        return -(-chars // self._chars_per_token)
 
     def encode(
         self,

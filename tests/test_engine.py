@@ -396,7 +396,8 @@ def test_listeners_hear_every_batch_and_request(tiny_scorer: PixieScorer) -> Non
 
 def test_min_tokens_is_a_lower_bound_from_characters_alone(tiny_scorer: PixieScorer) -> None:
     encoder = tiny_scorer.encoder
-    texts = [*SAMPLE_DOCUMENTS, " " * 500, "a" * 1000, "위성" * 300, "<|im_start|>" * 40, "1234567890" * 50, ""]
+    composing = "\u03b9\u0308\u0301\u0345" * 200  # four code points that NFC makes one character
+    texts = [*SAMPLE_DOCUMENTS, " " * 500, "a" * 1000, "위성" * 300, "<|im_start|>" * 40, "1234567890" * 50, composing, ""]
     for text in texts:
         actual = len(tiny_scorer.tokenizer(text, add_special_tokens=False)["input_ids"])
         assert encoder.min_tokens(text) <= actual, text[:20]

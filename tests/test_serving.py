@@ -543,9 +543,12 @@ def test_cli_serve_passes_its_settings(monkeypatch: pytest.MonkeyPatch, tiny_rer
         "--request-timeout",
         "2.5",
     ]
-    assert main(argv) == 0
-    ((args, kwargs),) = calls
+    assert main(argv) + main([*argv, "--ready-requires-key", "--max-request-tokens", "4096"]) == 0
+    ((args, kwargs), (_, more)) = calls
     assert args == (str(tiny_reranker),)
+    assert isinstance(kwargs.pop("sock"), socket.socket)  # bound by the CLI before the model loads, then closed
+    assert more.pop("ready_requires_key") is True and more.pop("sock") is not None
+    assert more.pop("limits") == ServerLimits(max_documents=50, request_timeout=2.5, max_request_tokens=4096)
     assert kwargs == {
         "host": "127.0.0.1",
         "port": 8123,
@@ -553,11 +556,13 @@ def test_cli_serve_passes_its_settings(monkeypatch: pytest.MonkeyPatch, tiny_rer
         "api_key": "k",
         "metrics_without_key": False,
         "limits": ServerLimits(max_documents=50, request_timeout=2.5),
+        "ready_requires_key": False,
         "device": "cpu",
         "dtype": "float32",
         "max_length": 512,
         "instruction": INSTRUCTION,
     }
+    assert more == {k: v for k, v in kwargs.items() if k not in ("limits", "ready_requires_key")}
     with pytest.raises(SystemExit):
         main(["serve", "--port", "0"])
     with pytest.raises(SystemExit):
@@ -586,9 +591,15 @@ def test_serve_loads_the_model_and_runs_uvicorn(
     from pixie_integrations.serving import serve
 
     seen: dict[str, Any] = {}
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: seen.update(app=app, **kwargs))
-    serve(tiny_reranker, port=8124, device="cpu", dtype="float32", instruction=INSTRUCTION)
-    assert (seen["host"], seen["port"]) == ("127.0.0.1", 8124)
+
+    def run(server: uvicorn.Server, sockets: list[socket.socket]) -> None:
+        seen.update(app=server.config.app, address=sockets[0].getsockname(), protocol=server.config.http)
+
+    monkeypatch.setattr(uvicorn.Server, "run", run)
+    port = free_port()
+    serve(tiny_reranker, port=port, device="cpu", dtype="float32", instruction=INSTRUCTION)
+    assert seen["address"] == ("127.0.0.1", port)  # bound by serve() itself, handed to uvicorn
+    assert "HeaderTimeout" in seen["protocol"].__name__
     with TestClient(seen["app"]) as client:
         body = client.post("/score", json={"queries": QUERY, "documents": DOCS}).json()
     assert body["scores"] == pytest.approx(tiny_scorer.score(QUERY, DOCS, instruction=INSTRUCTION), abs=1e-6)

@@ -155,15 +155,15 @@ def test_jina_shape_usage_and_limits(http: httpx.Client) -> None:
 
 
 # -- auth and disclosure ------------------------------------------------------------------------------------------------
-def test_every_route_but_liveness_needs_the_key(url: str, tiny_scorer: PixieScorer) -> None:
+def test_every_route_but_the_probes_needs_the_key(url: str, tiny_scorer: PixieScorer) -> None:
     with httpx.Client(base_url=url, timeout=10) as anonymous:
         assert anonymous.get("/health").status_code == 200
+        assert anonymous.get("/ready").json()["status"] == "ready"  # probes carry no key (--ready-requires-key)
         for method, path in [
             ("GET", "/docs"),
             ("GET", "/redoc"),
             ("GET", "/openapi.json"),
             ("GET", "/v1/models"),
-            ("GET", "/ready"),
             ("POST", "/rerank"),
             ("POST", "/v2/rerank"),
             ("POST", "/score"),

@@ -9,16 +9,26 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from dataclasses import fields
 from typing import Any
 
 from ..cli_args import add_device_dtype
-from .limits import ServerLimits
+from .limits import CPU_TOKEN_DEFAULTS, GPU_TOKEN_DEFAULTS, ServerLimits
 
 __all__ = ["register"]
 
 _DEFAULT_MODEL = "telepix/PIXIE-Spell-Reranker-Preview-0.6B"
 
 _EPILOG = """\
+routes:
+  POST /rerank, /v1/rerank, /v2/rerank  rerank documents for a query (Cohere v1/v2, Jina, vLLM shapes)
+  POST /score, /v1/score                score pairs in input order (vLLM's text_1/text_2, or queries/documents)
+  GET  /v1/models                       the served model names
+  GET  /metrics                         Prometheus metrics (needs the key unless --metrics-without-key)
+  GET  /health                          liveness (never needs the API key)
+  GET  /ready                           readiness: 503 while the engine is full (no key unless --ready-requires-key)
+  GET  /openapi.json, /docs, /redoc     the API schema and its pages
+
 examples:
   pixie-rerank serve                                       # the PIXIE hub model on http://127.0.0.1:8000
   pixie-rerank serve --model ./PIXIE-Spell-Reranker-Preview-0.6B --device cuda --port 8080
@@ -38,8 +48,8 @@ def register(subparsers: Any) -> None:
         "serve",
         help="serve the reranker over HTTP (Cohere/Jina/vLLM rerank API, /score)",
         description=(
-            "Load one reranker and serve POST /rerank, /v1/rerank and /score, GET /health and /v1/models, so that "
-            "several processes or machines share one copy of the model."
+            "Load one reranker and serve the rerank APIs over HTTP, so that several processes or machines share one "
+            "copy of the model. The flags are checked and the port is bound before the model loads."
         ),
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -67,16 +77,24 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--api-key",
         default=None,
-        help="require 'Authorization: Bearer KEY' on every route but /health (default: $PIXIE_API_KEY, else none; "
-        "an empty key is an error)",
+        help="require 'Authorization: Bearer KEY' on every route but /health and /ready (default: $PIXIE_API_KEY, "
+        "else none; an empty key is an error)",
+    )
+    parser.add_argument(
+        "--ready-requires-key", action="store_true", help="/ready needs the API key too (default: it answers without)"
     )
     parser.add_argument(
         "--metrics-without-key",
         action="store_true",
         help="serve GET /metrics (Prometheus) without the API key, for a scraper that has none (default: it needs "
-        "the key like every route but /health)",
+        "the key like every route but /health and /ready)",
     )
-    limits = parser.add_argument_group("limits (per request; past one, a clear 4xx)")
+    _add_limits(parser.add_argument_group("limits (past one, a clear 4xx, or 503 when the engine is full)"))
+    parser.set_defaults(func=_run)
+
+
+def _add_limits(limits: Any) -> None:
+    """One flag per :class:`ServerLimits` field, of the same name."""
     defaults = ServerLimits()
     limits.add_argument(
         "--max-body-bytes",
@@ -103,6 +121,26 @@ def register(subparsers: Any) -> None:
         help="longest query or instruction in characters (default: %(default)s)",
     )
     limits.add_argument(
+        "--max-document-tokens",
+        type=_positive_int,
+        default=None,
+        help="most tokens of one pair's whole input after truncation, else 413 (default: the model's max length)",
+    )
+    limits.add_argument(
+        "--max-request-tokens",
+        type=_positive_int,
+        default=None,
+        help=f"most tokens of all pairs of one request, else 413 (default: {CPU_TOKEN_DEFAULTS['max_request_tokens']} "
+        f"on a CPU, {GPU_TOKEN_DEFAULTS['max_request_tokens']} on a GPU)",
+    )
+    limits.add_argument(
+        "--max-pending-tokens",
+        type=_positive_int,
+        default=None,
+        help=f"most tokens pending in the engine; past it, 503 with Retry-After (default: "
+        f"{CPU_TOKEN_DEFAULTS['max_pending_tokens']} on a CPU, {GPU_TOKEN_DEFAULTS['max_pending_tokens']} on a GPU)",
+    )
+    limits.add_argument(
         "--request-timeout",
         type=_positive_float,
         default=defaults.request_timeout,
@@ -112,9 +150,20 @@ def register(subparsers: Any) -> None:
         "--max-pending-pairs",
         type=_positive_int,
         default=defaults.max_pending_pairs,
-        help="most pairs queued for the model; past it, 503 with Retry-After (default: %(default)s)",
+        help="most pairs pending in the engine; past it, 503 with Retry-After (default: %(default)s)",
     )
-    parser.set_defaults(func=_run)
+    limits.add_argument(
+        "--header-timeout",
+        type=_positive_float,
+        default=defaults.header_timeout,
+        help="seconds a connection may take to send a request's headers before it is closed (default: %(default)s)",
+    )
+    limits.add_argument(
+        "--body-timeout",
+        type=_positive_float,
+        default=defaults.body_timeout,
+        help="seconds a request may take to send its body, else 408 and the connection closes (default: %(default)s)",
+    )
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -122,22 +171,25 @@ def _run(args: argparse.Namespace) -> int:
     if args.api_key is None and "PIXIE_API_KEY" in os.environ:
         args.api_key, where = os.environ["PIXIE_API_KEY"], "PIXIE_API_KEY"
     if args.api_key is not None and not args.api_key.strip():
-        print(
-            f"error: {where} is empty; give a real key, or leave it out (unset PIXIE_API_KEY) to serve without one",
-            file=sys.stderr,
-        )
-        return 2
+        return _fail(f"{where} is empty; give a real key, or leave it out (unset PIXIE_API_KEY) to serve without one")
+    if args.served_model_name is not None and any(not name.strip() for name in args.served_model_name):
+        return _fail(f"--served-model-name takes non-empty names, got {args.served_model_name!r}")
     try:
         from . import serve
+        from .server import ServerStartError, bind_socket
     except ImportError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return _fail(str(exc))
     from ..loading import ModelLoadError
 
     settings: dict[str, Any] = {"device": args.device, "dtype": args.dtype, "max_length": args.max_length}
     if args.instruction is not None:
         settings["instruction"] = args.instruction
-    # uvicorn announces the address once the model is loaded and the port is bound.
+    limits = ServerLimits(**{name: getattr(args, name) for name in _LIMIT_FLAGS})
+    try:
+        sock = bind_socket(args.host, args.port)  # before the model loads: a taken port fails at once
+    except ServerStartError as exc:
+        return _fail(str(exc))
+    # uvicorn announces the address once the model is loaded.
     print(f"Loading {args.model} ...", file=sys.stderr)
     try:
         serve(
@@ -146,21 +198,26 @@ def _run(args: argparse.Namespace) -> int:
             port=args.port,
             served_model_name=args.served_model_name,
             api_key=args.api_key,
+            limits=limits,
+            ready_requires_key=args.ready_requires_key,
             metrics_without_key=args.metrics_without_key,
-            limits=ServerLimits(
-                max_body_bytes=args.max_body_bytes,
-                max_documents=args.max_documents,
-                max_document_chars=args.max_document_chars,
-                max_query_chars=args.max_query_chars,
-                request_timeout=args.request_timeout,
-                max_pending_pairs=args.max_pending_pairs,
-            ),
+            sock=sock,
             **settings,
         )
-    except ModelLoadError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except (ServerStartError, ModelLoadError, ValueError) as exc:
+        return _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+    finally:
+        sock.close()
     return 0
+
+
+# Every field of ServerLimits is a flag of the same name.
+_LIMIT_FLAGS = [f.name for f in fields(ServerLimits)]
+
+
+def _fail(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
 
 
 def _port(text: str) -> int:

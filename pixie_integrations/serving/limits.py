@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable, MutableMapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
-__all__ = ["BodySizeLimit", "ServerLimits"]
+__all__ = ["CPU_TOKEN_DEFAULTS", "GPU_TOKEN_DEFAULTS", "BodySizeLimit", "ServerLimits"]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -16,11 +16,22 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
+# Defaults of the token limits by device, for the real model (0.6B): a 2-core CPU scores about 3-4k tokens/s, one
+# data-centre GPU a few hundred thousand. A request should finish well within ``request_timeout`` (120 s), and the
+# engine should hold no more than about that timeout's worth of work.
+CPU_TOKEN_DEFAULTS = {"max_request_tokens": 131_072, "max_pending_tokens": 393_216}
+"""``max_request_tokens`` and ``max_pending_tokens`` when the model runs on a CPU."""
+GPU_TOKEN_DEFAULTS = {"max_request_tokens": 1_048_576, "max_pending_tokens": 8_388_608}
+"""``max_request_tokens`` and ``max_pending_tokens`` when the model runs on an accelerator (CUDA, MPS, ...)."""
+
+
 @dataclass(frozen=True)
 class ServerLimits:
     """Per-request limits of ``pixie-rerank serve``; each has a CLI flag of the same name (``--max-body-bytes``).
 
-    Past a limit the request gets a clear 4xx (413 for the body, 422 for the rest) and costs the server nothing more.
+    Past a limit the request gets a clear 4xx (413 for sizes, 422 for the rest) and costs the server nothing more.
+    A token limit left ``None`` is resolved when the app is built (:meth:`resolved`): by the model's ``max_length``
+    and by its device (:data:`CPU_TOKEN_DEFAULTS`, :data:`GPU_TOKEN_DEFAULTS`).
     """
 
     max_body_bytes: int = 16 * 1024 * 1024
@@ -28,19 +39,42 @@ class ServerLimits:
     max_documents: int = 1000
     """Most documents (or pairs) in one request."""
     max_document_chars: int = 200_000
-    """Longest document, in characters (tokenizing is bounded by it; the model still cuts at ``max_length``)."""
+    """Longest document, in characters: a cheap guard that bounds tokenizing work (tokens are limited below)."""
     max_query_chars: int = 20_000
     """Longest query or instruction, in characters."""
+    max_document_tokens: int | None = None
+    """Most tokens of one pair's whole input (template, query, document) after truncation; None: the model's limit."""
+    max_request_tokens: int | None = None
+    """Most tokens of all pairs of one request, after truncation; None: the device's default."""
+    max_pending_tokens: int | None = None
+    """Most tokens pending in the batching engine; past it new requests get 503; None: the device's default."""
     request_timeout: float = 120.0
     """Seconds a request may wait and run; past it its remaining pairs are dropped and it gets 504."""
     max_pending_pairs: int = 16384
     """Most pairs queued in the batching engine; past it new requests get 503 with ``Retry-After``."""
+    header_timeout: float = 10.0
+    """Seconds a connection may take to send a request's headers (or idle before the next); then it is closed."""
+    body_timeout: float = 60.0
+    """Seconds a request may take to send its body once its headers arrived; then 408 and the connection closes."""
 
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
+            if value is None and f.name in _RESOLVED_LATER:
+                continue
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
                 raise ValueError(f"{f.name} must be a positive number, got {value!r}")
+
+    def resolved(self, *, device: str, max_length: int) -> ServerLimits:
+        """These limits with every ``None`` filled in for a model on ``device`` whose inputs hold ``max_length``."""
+        defaults = CPU_TOKEN_DEFAULTS if device.split(":")[0] == "cpu" else GPU_TOKEN_DEFAULTS
+        filled = {name: defaults[name] for name in defaults if getattr(self, name) is None}
+        if self.max_document_tokens is None:
+            filled["max_document_tokens"] = max_length
+        return replace(self, **filled)
+
+
+_RESOLVED_LATER = frozenset({"max_document_tokens", "max_request_tokens", "max_pending_tokens"})
 
 
 class BodySizeLimit:

@@ -29,6 +29,8 @@ __all__ = [
     "document_text",
 ]
 
+_YAML_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
 NonNegativeInt = Annotated[StrictInt, Field(ge=0)]
 PositiveInt = Annotated[StrictInt, Field(gt=0)]
 
@@ -54,8 +56,9 @@ def document_text(document: str | Mapping[str, Any], rank_fields: Sequence[str] 
     chosen = {name: document[name] for name in rank_fields if name in document}
     if not chosen:
         raise ValueError(f"has none of the rank_fields {list(rank_fields)}")
-    # No line folding: YAML's default width would break long texts into other texts.
-    return yaml.safe_dump(chosen, sort_keys=False, allow_unicode=True, width=2**31 - 1)
+    # No line folding: YAML's default width would break long texts into other texts. libyaml's emitter writes the
+    # same text as PyYAML's, about 30 times faster.
+    return yaml.dump(chosen, Dumper=_YAML_DUMPER, sort_keys=False, allow_unicode=True, width=2**31 - 1)
 
 
 # -- requests --------------------------------------------------------------------------------------------------------
@@ -71,7 +74,9 @@ class _Request(BaseModel):
     use_activation: StrictBool | None = Field(
         default=None, description="vLLM: false returns logits instead of probabilities."
     )
-    priority: StrictInt | None = Field(default=None, description="Accepted for compatibility; requests run in order.")
+    priority: StrictInt | None = Field(
+        default=None, description="vLLM: lower runs first (default 0); an age bound keeps any request from starving."
+    )
     user: StrictStr | None = Field(default=None, description="Accepted for compatibility (OpenAI/vLLM).")
     request_id: StrictStr | None = Field(default=None, description="vLLM: echoed as the response id.")
 
