@@ -687,3 +687,54 @@ def test_under_openinferences_instrumentors_there_is_one_reranker_span_in_the_qu
     else:
         assert ours["name"] == "PixieRanker.run"  # the instrumentor's span, merged into
         assert ancestors[-1]["name"] == "Pipeline.run"
+
+
+# -- the server ----------------------------------------------------------------------------------------------------
+def test_a_server_request_is_one_reranker_span_child_of_its_traceparent(
+    spans: InMemorySpanExporter, tiny_scorer: PixieScorer
+) -> None:
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from pixie_integrations.serving import create_app
+
+    trace_id, span_id = "0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331"
+    headers = {"traceparent": f"00-{trace_id}-{span_id}-01"}
+    with TestClient(create_app(tiny_scorer)) as client:
+        answer = client.post("/v1/rerank", json={"query": QUERY, "documents": DOCS, "top_n": 2}, headers=headers)
+        assert answer.status_code == 200, answer.text
+        span = only_reranker(spans)
+        assert span.name == "pixie.serve /v1/rerank"
+        assert f"{span.context.trace_id:032x}" == trace_id
+        # FastAPI traces requests itself where OpenTelemetry is installed: then the span is its endpoint span's
+        # INTERNAL child; without such a span, a SERVER span whose parent is the caller's.
+        by_id = {s.context.span_id: s for s in spans.get_finished_spans()}
+        parent = span.parent
+        while parent.span_id in by_id:
+            parent = by_id[parent.span_id].parent
+        assert parent.is_remote and f"{parent.span_id:016x}" == span_id
+        assert span.kind is (trace.SpanKind.SERVER if span.parent.is_remote else trace.SpanKind.INTERNAL)
+        a = span.attributes
+        assert a[t.PIXIE_ENTRY_POINT] == "server" and a[t.PIXIE_ENGINE] is True
+        assert a[t.RERANKER_QUERY] == QUERY and a[t.RERANKER_TOP_K] == 2
+        assert a[t.PIXIE_PAIRS] == len(DOCS) and a[t.PIXIE_BATCHES] >= 1
+        assert a[t.PIXIE_TOKENS] == answer.json()["meta"]["tokens"]["input_tokens"]
+        results = answer.json()["results"]
+        assert list(a[t.PIXIE_OUTPUT_INDICES]) == [r["index"] for r in results]
+        outputs = documents(span, t.RERANKER_OUTPUT_DOCUMENTS)
+        assert [d["score"] for d in outputs] == [r["relevance_score"] for r in results]
+        assert [d["content"] for d in documents(span, t.RERANKER_INPUT_DOCUMENTS)] == DOCS
+
+        spans.clear()
+        pairs = {"queries": [SAMPLE_QUERIES[0], SAMPLE_QUERIES[1]], "documents": DOCS[:2]}
+        answer = client.post("/score", json=pairs)
+        assert answer.status_code == 200, answer.text
+        span = only_reranker(spans)
+        assert t.RERANKER_QUERY not in span.attributes
+        outputs = documents(span, t.RERANKER_OUTPUT_DOCUMENTS)
+        assert [(d["content"], d["score"]) for d in outputs] == list(zip(DOCS[:2], answer.json()["scores"]))
+
+        spans.clear()
+        bad = {"query": QUERY, "documents": DOCS, "truncate_prompt_tokens": -5}  # refused while scoring
+        assert client.post("/v1/rerank", json=bad).status_code == 422
+        assert [s.status.status_code for s in rerankers(spans)] == [StatusCode.ERROR]
