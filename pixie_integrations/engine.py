@@ -102,6 +102,12 @@ class ScoringResult:
     """How many documents were longer than the room left by ``max_length`` and had their ends cut."""
     tokens: int
     """Input tokens of all pairs, template included, after truncation (what a forward pass without reuse sees)."""
+    batches: int = 0
+    """Forward passes that held pairs of this request (shared with other requests' pairs)."""
+    shared_prefix_batches: int = 0
+    """Of those, passes whose pairs shared one query prefix."""
+    queued_s: float = 0.0
+    """Seconds from acceptance to the request's first forward pass."""
 
 
 class _Encodes(Protocol):
@@ -180,6 +186,8 @@ class _Job:
     started: float | None = None  # when its first forward pass began
     next_pair: int = 0  # the first index that may still be pending
     tokens_left: int = field(default=0)
+    batches: int = 0  # forward passes that held pairs of it
+    shared_prefix_batches: int = 0
 
     def dropped(self) -> bool:
         return self.future.cancelled() or (self.deadline is not None and time.monotonic() > self.deadline)
@@ -541,6 +549,8 @@ class ScoringEngine:
         for job in jobs:
             if job.started is None:
                 job.started = start
+            job.batches += 1
+            job.shared_prefix_batches += shared
         self._vtime = order[0].vstart
         try:
             logits = self._pipeline.run_batch(pairs, shared, self._prefixes)
@@ -597,7 +607,15 @@ class ScoringEngine:
         prepared = job.prepared
         log_truncated(prepared.truncated, prepared.pairs, prepared.max_length)
         scores = scores_from_logits(job.logits, raw=job.raw)
-        self._end(job, ScoringResult(scores=scores, truncated=prepared.truncated, tokens=job.tokens), "ok")
+        result = ScoringResult(
+            scores=scores,
+            truncated=prepared.truncated,
+            tokens=job.tokens,
+            batches=job.batches,
+            shared_prefix_batches=job.shared_prefix_batches,
+            queued_s=(job.started if job.started is not None else job.accepted) - job.accepted,
+        )
+        self._end(job, result, "ok")
 
     def _end(self, job: _Job, outcome: ScoringResult | BaseException, kind: str) -> None:
         self._report(job, kind)

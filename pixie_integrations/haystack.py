@@ -16,12 +16,14 @@ import dataclasses
 import logging
 import math
 import os
+import sys
 import threading
 from typing import TYPE_CHECKING, Any, Literal
 
 try:
     from haystack import Document, component, default_from_dict, default_to_dict
     from haystack.core.serialization import generate_qualified_class_name
+    from haystack.tracing import tracer as haystack_tracer
     from haystack.utils import ComponentDevice, Secret
     from haystack.utils.hf import deserialize_hf_model_kwargs, serialize_hf_model_kwargs
 except ImportError as exc:  # pragma: no cover - exercised only without the extra installed
@@ -35,6 +37,7 @@ from .loading import resolve_dtype
 from .protocols import score_async
 from .scorer import DEFAULT_MODEL, PixieScorer
 from .template import DEFAULT_INSTRUCTION
+from .tracing import PIXIE_SCORE_THRESHOLD, RerankSpan, TracedDocument, rerank_span
 
 if TYPE_CHECKING:
     from .serving.client import RemoteScorer
@@ -101,6 +104,27 @@ def _split_dtype(dtype: str | None, model_kwargs: dict[str, Any] | None) -> tupl
             raise ValueError(f"dtype={dtype!r} and model_kwargs[{key!r}]={value!r} disagree; set only dtype.")
         dtype = dtype if dtype is not None else name
     return dtype, kwargs
+
+
+def _instrumentor_span() -> Any:
+    """The RERANKER span OpenInference's Haystack instrumentor opened around this ranker's run, when it is active.
+
+    It recognises rankers by name and signature and wraps their ``run`` in a current span of its own, which holds the
+    query and the documents; the rerank's ``pixie.*`` attributes go onto that span rather than a second one in it.
+    """
+    module = sys.modules.get("openinference.instrumentation.haystack")
+    if module is None:
+        return None
+    try:
+        if not module.HaystackInstrumentor().is_instrumented_by_opentelemetry:  # a singleton
+            return None
+        from opentelemetry import trace
+
+        span = trace.get_current_span()
+    except Exception:  # its internals may move: fall back to a span of our own
+        logger.debug("Could not get the Haystack instrumentor's span", exc_info=True)
+        return None
+    return span if span.is_recording() else None
 
 
 def _deduplicate(documents: list[Document]) -> list[Document]:
@@ -501,9 +525,16 @@ class PixieRanker:
         candidates, query_text, texts = self._prepare(query, documents)
         if self._scorer is None:
             self._log_lazy_warm_up()
-        unique = list(dict.fromkeys(texts))  # identical texts (under different ids) are scored once
-        scores = self.get_scorer().score(query_text, unique, raw=not scale_score)
-        return {"documents": self._select(candidates, texts, unique, scores, top_k, score_threshold)}
+        scorer = self.get_scorer()
+        # The OpenInference span, a child of the current one (Haystack's component span with its OpenTelemetry
+        # tracer); the scorer's work is added to it rather than opening a second span.
+        with self._rerank_span() as span:
+            self._trace_request(span, query_text, documents, top_k, score_threshold)
+            unique = list(dict.fromkeys(texts))  # identical texts (under different ids) are scored once
+            scores = scorer.score(query_text, unique, raw=not scale_score)
+            ranked = self._select(candidates, texts, unique, scores, top_k, score_threshold)
+            self._trace_result(span, documents, candidates, ranked)
+        return {"documents": ranked}
 
     @component.output_types(documents=list[Document])
     async def run_async(
@@ -527,9 +558,14 @@ class PixieRanker:
         if self._scorer is None:
             self._log_lazy_warm_up()
             await self.warm_up_async()
-        unique = list(dict.fromkeys(texts))
-        scores = await score_async(self.get_scorer(), query_text, unique, raw=not scale_score)
-        return {"documents": self._select(candidates, texts, unique, scores, top_k, score_threshold)}
+        scorer = self.get_scorer()
+        with self._rerank_span() as span:
+            self._trace_request(span, query_text, documents, top_k, score_threshold)
+            unique = list(dict.fromkeys(texts))
+            scores = await score_async(scorer, query_text, unique, raw=not scale_score)
+            ranked = self._select(candidates, texts, unique, scores, top_k, score_threshold)
+            self._trace_result(span, documents, candidates, ranked)
+        return {"documents": ranked}
 
     # -- internals -------------------------------------------------------------------------------------------------
     def _resolve(
@@ -558,6 +594,48 @@ class PixieRanker:
         # The reference ranker's rule: missing and None meta values are skipped; "", 0 and False are real values.
         meta = [str(doc.meta[key]) for key in self.meta_fields_to_embed if doc.meta.get(key) is not None]
         return self.embedding_separator.join([*meta, doc.content or ""])
+
+    @staticmethod
+    def _rerank_span() -> Any:
+        # Haystack keeps content out of traces unless HAYSTACK_CONTENT_TRACING_ENABLED=true: so does this span,
+        # unless the code's TraceConfig says otherwise.
+        return rerank_span(
+            "PixieRanker",
+            entry_point="haystack",
+            merge_into=_instrumentor_span(),
+            hide_by_default=not haystack_tracer.is_content_tracing_enabled,
+        )
+
+    def _traced(self, doc: Document, score: float | None) -> TracedDocument:
+        """A document as the trace records it: the text that was scored, its id and meta."""
+        text = self.document_prefix + self._text(doc) + self.document_suffix
+        return TracedDocument(text, id=doc.id, score=score, metadata=doc.meta or None)
+
+    def _trace_request(
+        self, span: RerankSpan, query_text: str, documents: list[Document], top_k: int, score_threshold: float | None
+    ) -> None:
+        if not span.recording:
+            return
+        scorer = self._scorer
+        instruction = self.instruction if self.instruction is not None else getattr(scorer, "instruction", None)
+        span.request(
+            query=query_text,
+            model_name=self.model,
+            top_k=top_k,
+            instruction=instruction,
+            documents=[self._traced(doc, doc.score) for doc in documents],  # with their retrieval scores
+        )
+        span.set(PIXIE_SCORE_THRESHOLD, score_threshold)
+
+    def _trace_result(
+        self, span: RerankSpan, documents: list[Document], candidates: list[Document], ranked: list[Document]
+    ) -> None:
+        if not span.recording:
+            return
+        positions = {id(doc): i for i, doc in enumerate(documents)}
+        # After collapsing, one candidate per id: an output document's position is its candidate's.
+        by_id = {doc.id: positions[id(doc)] for doc in candidates}
+        span.result((self._traced(doc, doc.score) for doc in ranked), indices=[by_id[doc.id] for doc in ranked])
 
     def _log_lazy_warm_up(self) -> None:
         if self.api_base_url is None:

@@ -15,6 +15,7 @@ import copy
 import inspect
 import logging
 import os
+import sys
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -33,6 +34,7 @@ import torch
 
 from .protocols import Scorer, score_async
 from .scorer import DEFAULT_MODEL, PixieScorer
+from .tracing import PIXIE_SCORE_THRESHOLD, RerankSpan, TracedDocument, rerank_span
 
 __all__ = ["DEFAULT_MODEL", "PixieRerank"]
 
@@ -216,11 +218,16 @@ class PixieRerank(BaseDocumentCompressor):
             name=_RUN_NAME,
         )
         try:
-            _check_query(query)
-            texts = _texts(documents, rank_fields)
-            scorer = self._scorer_for(model)
-            scores = scorer.score(query, texts, instruction=instr, **_options(scorer, max_tokens_per_doc))
-            results = _select(scores, len(texts), n, threshold)
+            # The OpenInference span of this call, a child of the current one (the chain's, where an instrumentor
+            # traces LangChain); the scorer's work is added to it rather than opening a second span.
+            with rerank_span(_RUN_NAME, entry_point="langchain", parent=_instrumentor_span(run.run_id)) as span:
+                _check_query(query)
+                texts = _texts(documents, rank_fields)
+                scorer = self._scorer_for(model)
+                _trace_request(span, query, documents, texts, scorer, n, instr, threshold)
+                scores = scorer.score(query, texts, instruction=instr, **_options(scorer, max_tokens_per_doc))
+                results = _select(scores, len(texts), n, threshold)
+                _trace_results(span, texts, results, documents)
         except BaseException as exc:
             run.on_chain_error(exc)
             raise
@@ -255,12 +262,15 @@ class PixieRerank(BaseDocumentCompressor):
             name=_RUN_NAME,
         )
         try:
-            _check_query(query)
-            texts = _texts(documents, rank_fields)
-            scorer = await asyncio.to_thread(self._scorer_for, model)  # may load the model (seconds)
-            options = _options(scorer, max_tokens_per_doc)
-            scores = await score_async(scorer, query, texts, instruction=instr, **options)
-            results = _select(scores, len(texts), n, threshold)
+            with rerank_span(_RUN_NAME, entry_point="langchain", parent=_instrumentor_span(run.run_id)) as span:
+                _check_query(query)
+                texts = _texts(documents, rank_fields)
+                scorer = await asyncio.to_thread(self._scorer_for, model)  # may load the model (seconds)
+                _trace_request(span, query, documents, texts, scorer, n, instr, threshold)
+                options = _options(scorer, max_tokens_per_doc)
+                scores = await score_async(scorer, query, texts, instruction=instr, **options)
+                results = _select(scores, len(texts), n, threshold)
+                _trace_results(span, texts, results, documents)
         except BaseException as exc:
             await run.on_chain_error(exc)
             raise
@@ -392,3 +402,60 @@ def _run_outputs(results: list[dict[str, Any]]) -> dict[str, Any]:
         "scores": [r["relevance_score"] for r in results],
         "indices": [r["index"] for r in results],
     }
+
+
+def _instrumentor_span(run_id: Any) -> Any:
+    """The span OpenInference's LangChain instrumentor opened for this call's run, when it is active.
+
+    It keeps its spans out of the OpenTelemetry context (callbacks may never detach one), so without this the
+    rerank span would not nest under the run's span but under whatever is current, or start a trace of its own.
+    """
+    module = sys.modules.get("openinference.instrumentation.langchain")
+    if module is None:
+        return None
+    try:
+        instrumentor = module.LangChainInstrumentor()  # a singleton
+        return instrumentor.get_span(run_id) if instrumentor.is_instrumented_by_opentelemetry else None
+    except Exception:  # its internals may move: fall back to the current span
+        logger.debug("Could not get the LangChain instrumentor's span", exc_info=True)
+        return None
+
+
+def _traced(doc: object, text: str, score: float | None = None) -> TracedDocument:
+    """A document as the trace records it: the text that was scored, a Document's id and metadata."""
+    if isinstance(doc, Document):
+        return TracedDocument(text, id=doc.id, score=score, metadata=doc.metadata or None)
+    return TracedDocument(text, score=score)
+
+
+def _trace_request(
+    span: RerankSpan,
+    query: str,
+    documents: Sequence[RerankDocument],
+    texts: list[str],
+    scorer: Scorer,
+    top_n: int | None,
+    instruction: str | None,
+    threshold: float | None,
+) -> None:
+    if not span.recording:
+        return
+    span.request(
+        query=query,
+        model_name=scorer.model_name,
+        top_k=top_n,
+        instruction=instruction if instruction is not None else scorer.instruction,
+        documents=[_traced(doc, text) for doc, text in zip(documents, texts)],
+    )
+    span.set(PIXIE_SCORE_THRESHOLD, threshold)
+
+
+def _trace_results(
+    span: RerankSpan, texts: list[str], results: list[dict[str, Any]], documents: Sequence[RerankDocument]
+) -> None:
+    if not span.recording:
+        return
+    span.result(
+        (_traced(documents[r["index"]], texts[r["index"]], r["relevance_score"]) for r in results),
+        indices=[r["index"] for r in results],
+    )

@@ -17,6 +17,7 @@ import copy
 import logging
 import math
 import os
+import sys
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -38,6 +39,7 @@ import torch
 from .loading import resolve_dtype
 from .protocols import Scorer, score_async
 from .scorer import DEFAULT_MODEL, PixieScorer
+from .tracing import RerankSpan, TracedDocument, rerank_span
 
 __all__ = ["RETRIEVAL_SCORE_KEY", "PixieRerank"]
 
@@ -48,6 +50,7 @@ RETRIEVAL_SCORE_KEY = "retrieval_score"
 """Metadata key that holds the first-stage score when ``keep_retrieval_score=True`` (the built-ins' key)."""
 
 _DEFAULT_TOP_N = 2
+_SPAN_NAME = "PixieRerank"
 # The reference's cross_encoder_kwargs (llama-index-postprocessor-sbert-rerank) that mean something here.
 _CROSS_ENCODER_KWARGS = ("max_length", "trust_remote_code")
 
@@ -273,9 +276,16 @@ class PixieRerank(BaseNodePostprocessor):
         texts = self._texts(nodes)
         scorer = self.get_scorer()
         dispatcher.event(ReRankStartEvent(query=query_bundle, nodes=nodes, top_n=self.top_n, model_name=self.model))
-        with self.callback_manager.event(CBEventType.RERANKING, payload=self._payload(nodes, query)) as event:
+        with (
+            self.callback_manager.event(CBEventType.RERANKING, payload=self._payload(nodes, query)) as event,
+            # The OpenInference span, a child of the current one (the query engine's, under an instrumentor); the
+            # scorer's work is added to it rather than opening a second span.
+            rerank_span(_SPAN_NAME, entry_point="llama_index", merge_into=_instrumentor_span()) as span,
+        ):
+            self._trace_request(span, query, nodes, texts, scorer)
             scores = scorer.score(query, texts, instruction=self.instruction)
             reranked = self._rerank(nodes, scores)
+            _trace_result(span, nodes, texts, scores, self.top_n)
             event.on_end(payload={EventPayload.NODES: reranked})
         dispatcher.event(ReRankEndEvent(nodes=reranked))
         return reranked
@@ -293,13 +303,35 @@ class PixieRerank(BaseNodePostprocessor):
         if scorer is None:
             scorer = await asyncio.to_thread(self.get_scorer)
         dispatcher.event(ReRankStartEvent(query=query_bundle, nodes=nodes, top_n=self.top_n, model_name=self.model))
-        with self.callback_manager.event(CBEventType.RERANKING, payload=self._payload(nodes, query)) as event:
+        with (
+            self.callback_manager.event(CBEventType.RERANKING, payload=self._payload(nodes, query)) as event,
+            rerank_span(_SPAN_NAME, entry_point="llama_index", merge_into=_instrumentor_span()) as span,
+        ):
+            self._trace_request(span, query, nodes, texts, scorer)
             # An async scorer (ascore) is awaited; a sync one runs in a worker thread.
             scores = await score_async(scorer, query, texts, instruction=self.instruction)
             reranked = self._rerank(nodes, scores)
+            _trace_result(span, nodes, texts, scores, self.top_n)
             event.on_end(payload={EventPayload.NODES: reranked})
         dispatcher.event(ReRankEndEvent(nodes=reranked))
         return reranked
+
+    def _trace_request(
+        self, span: RerankSpan, query: str, nodes: Sequence[NodeWithScore], texts: list[str], scorer: Scorer
+    ) -> None:
+        if not span.recording:
+            return
+        span.request(
+            query=query,
+            model_name=self.model,
+            top_k=self.top_n,
+            instruction=self.instruction if self.instruction is not None else scorer.instruction,
+            # The text that was scored (with the metadata of metadata_mode), and the first-stage score.
+            documents=[
+                TracedDocument(text, id=n.node.node_id, score=n.score, metadata=n.node.metadata or None)
+                for n, text in zip(nodes, texts)
+            ],
+        )
 
     def _texts(self, nodes: Sequence[NodeWithScore]) -> list[str]:
         return [n.node.get_content(metadata_mode=self.metadata_mode) for n in nodes]
@@ -319,6 +351,41 @@ class PixieRerank(BaseNodePostprocessor):
             _rescored(nodes[i], float(scores[i]), keep_retrieval_score=self.keep_retrieval_score)
             for i in _rank_order(scores)[: self.top_n]
         ]
+
+
+def _trace_result(
+    span: RerankSpan, nodes: Sequence[NodeWithScore], texts: list[str], scores: Sequence[float], top_n: int
+) -> None:
+    if not span.recording:
+        return
+    order = _rank_order(scores)[:top_n]  # the order _rerank kept
+    span.result(
+        (
+            TracedDocument(
+                texts[i], id=nodes[i].node.node_id, score=float(scores[i]), metadata=nodes[i].node.metadata or None
+            )
+            for i in order
+        ),
+        indices=order,
+    )
+
+
+def _instrumentor_span() -> Any:
+    """The span OpenInference's LlamaIndex instrumentor opened for this call, when it is active.
+
+    It makes a RERANKER span of the dispatcher span around ``postprocess_nodes`` (from ``ReRankStartEvent``), and
+    keeps it out of the OpenTelemetry context. The rerank's ``pixie.*`` attributes go onto that span rather than a
+    second RERANKER span inside it.
+    """
+    module = sys.modules.get("openinference.instrumentation.llama_index")
+    if module is None:
+        return None
+    try:
+        span = module.get_current_span()
+    except Exception:  # its internals may move: fall back to a span of our own
+        logger.debug("Could not get the LlamaIndex instrumentor's span", exc_info=True)
+        return None
+    return span if span is not None and span.is_recording() else None
 
 
 def _require_query(query_bundle: QueryBundle | None) -> str:

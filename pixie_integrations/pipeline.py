@@ -23,7 +23,7 @@ from .loading import LoadedModel
 from .packing import fast_kernel
 from .runner import ModelRunner, PrefixState
 
-__all__ = ["BatchPipeline", "BatchSettings", "PrefixCache", "log_truncated", "scores_from_logits"]
+__all__ = ["BatchPipeline", "BatchSettings", "PrefixCache", "RunStats", "log_truncated", "scores_from_logits"]
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +46,18 @@ class BatchSettings:
     """Whether batches run packed (no padding)."""
     compile: bool
     """Whether the model runs ``torch.compile``-d."""
+
+
+@dataclass
+class RunStats:
+    """What :meth:`BatchPipeline.run` did for one call (traces report it)."""
+
+    batches: int = 0
+    """Forward passes run."""
+    shared_prefix_batches: int = 0
+    """Of those, passes whose pairs shared one query prefix."""
+    prefix_runs: int = 0
+    """Query prefixes encoded into a key/value cache."""
 
 
 class PrefixCache:
@@ -157,8 +169,15 @@ class BatchPipeline:
             state = prefixes.get(pairs[0].prefix)
         return self._forward_splitting(pairs, state, shared=shared)
 
-    def run(self, encoded: Sequence[EncodedPair], *, progress: Callable[[int], object] | None = None) -> torch.Tensor:
-        """Float32 logits for ``encoded``, in input order; ``progress`` is called with each batch's size."""
+    def run(
+        self,
+        encoded: Sequence[EncodedPair],
+        *,
+        progress: Callable[[int], object] | None = None,
+        stats: RunStats | None = None,
+    ) -> torch.Tensor:
+        """Float32 logits for ``encoded``, in input order; ``progress`` is called with each batch's size, and
+        ``stats`` (if given) counts the batches and prefix runs."""
         out = torch.empty(len(encoded), dtype=torch.float32)
         # The batches of one query follow each other, so one held prefix state is enough here.
         prefixes = self.new_prefix_cache(capacity=1)
@@ -166,6 +185,11 @@ class BatchPipeline:
             out[batch] = self.run_batch([encoded[i] for i in batch], shared, prefixes)
             if progress is not None:
                 progress(len(batch))
+            if stats is not None:
+                stats.batches += 1
+                stats.shared_prefix_batches += shared
+        if stats is not None:
+            stats.prefix_runs += prefixes.runs
         return out
 
     def _forward_splitting(

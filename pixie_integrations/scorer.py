@@ -16,9 +16,10 @@ from .engine import ScoringEngine, get_engine
 from .families import ModelFamily
 from .loading import LoadedModel, load_model
 from .packing import fast_kernel
-from .pipeline import BatchPipeline, BatchSettings, log_truncated, scores_from_logits
+from .pipeline import BatchPipeline, BatchSettings, RunStats, log_truncated, scores_from_logits
 from .ranking import RankResult, check_top_n, rank_by_score
 from .template import DEFAULT_INSTRUCTION
+from .tracing import RerankSpan, TracedDocument, rerank_span
 from .validation import check_documents, check_pairs, check_query
 
 __all__ = ["DEFAULT_MODEL", "PixieScorer", "RankResult"]
@@ -286,9 +287,18 @@ class PixieScorer:
         """
         check_query(query)
         docs = check_documents(documents)
-        return self._score(
-            ((query, d) for d in docs), len(docs), instruction=instruction, raw=raw, max_doc_tokens=max_doc_tokens
-        )
+        with rerank_span("PixieScorer.score", entry_point="scorer") as span:
+            self._trace_request(span, query, docs, instruction)
+            scores = self._score(
+                ((query, d) for d in docs),
+                len(docs),
+                instruction=instruction,
+                raw=raw,
+                max_doc_tokens=max_doc_tokens,
+                span=span,
+            )
+            span.result(TracedDocument(d, score=s) for d, s in zip(docs, scores))
+        return scores
 
     def score_pairs(
         self,
@@ -300,7 +310,13 @@ class PixieScorer:
     ) -> list[float]:
         """Score (query, document) pairs whose queries differ. Same arguments and return as :meth:`score`."""
         checked = check_pairs(pairs)
-        return self._score(iter(checked), len(checked), instruction=instruction, raw=raw, max_doc_tokens=max_doc_tokens)
+        with rerank_span("PixieScorer.score_pairs", entry_point="scorer") as span:
+            self._trace_request(span, _one_query(checked), [d for _, d in checked], instruction)
+            scores = self._score(
+                iter(checked), len(checked), instruction=instruction, raw=raw, max_doc_tokens=max_doc_tokens, span=span
+            )
+            span.result(TracedDocument(d, score=s) for (_, d), s in zip(checked, scores))
+        return scores
 
     def rank(
         self,
@@ -323,8 +339,15 @@ class PixieScorer:
             max_doc_tokens: Cut each document to at most this many tokens; the template is never cut.
         """
         check_top_n(top_n)  # before scoring anything
-        scores = self.score(query, documents, instruction=instruction, raw=raw, max_doc_tokens=max_doc_tokens)
-        return rank_by_score(scores, documents, top_n)
+        check_query(query)
+        docs = check_documents(documents)
+        with rerank_span("PixieScorer.rank", entry_point="scorer") as span:
+            self._trace_request(span, query, docs, instruction, top_n=top_n)
+            # score() opens no second span inside this one: its work is added to it.
+            scores = self.score(query, docs, instruction=instruction, raw=raw, max_doc_tokens=max_doc_tokens)
+            ranked = rank_by_score(scores, docs, top_n)
+            _trace_ranked(span, ranked)
+        return ranked
 
     # -- async, through the model's batching engine ------------------------------------------------------------------
     @property
@@ -365,10 +388,13 @@ class PixieScorer:
         docs = check_documents(documents)
         self._check_instruction(instruction)
         check_max_doc_tokens(max_doc_tokens)
-        result = await self.engine.ascore(
-            [(query, d) for d in docs], scorer=self, instruction=instruction, raw=raw, max_doc_tokens=max_doc_tokens
-        )
-        return result.scores
+        with rerank_span("PixieScorer.ascore", entry_point="scorer") as span:
+            self._trace_request(span, query, docs, instruction)
+            scores = await self._ascore_checked(
+                [(query, d) for d in docs], instruction=instruction, raw=raw, max_doc_tokens=max_doc_tokens, span=span
+            )
+            span.result(TracedDocument(d, score=s) for d, s in zip(docs, scores))
+        return scores
 
     async def ascore_pairs(
         self,
@@ -382,10 +408,13 @@ class PixieScorer:
         checked = check_pairs(pairs)
         self._check_instruction(instruction)
         check_max_doc_tokens(max_doc_tokens)
-        result = await self.engine.ascore(
-            checked, scorer=self, instruction=instruction, raw=raw, max_doc_tokens=max_doc_tokens
-        )
-        return result.scores
+        with rerank_span("PixieScorer.ascore_pairs", entry_point="scorer") as span:
+            self._trace_request(span, _one_query(checked), [d for _, d in checked], instruction)
+            scores = await self._ascore_checked(
+                checked, instruction=instruction, raw=raw, max_doc_tokens=max_doc_tokens, span=span
+            )
+            span.result(TracedDocument(d, score=s) for (_, d), s in zip(checked, scores))
+        return scores
 
     async def arank(
         self,
@@ -399,13 +428,80 @@ class PixieScorer:
     ) -> list[RankResult]:
         """:meth:`rank` through the batching engine, as :meth:`ascore`."""
         check_top_n(top_n)
-        scores = await self.ascore(query, documents, instruction=instruction, raw=raw, max_doc_tokens=max_doc_tokens)
-        return rank_by_score(scores, documents, top_n)
+        check_query(query)
+        docs = check_documents(documents)
+        with rerank_span("PixieScorer.arank", entry_point="scorer") as span:
+            self._trace_request(span, query, docs, instruction, top_n=top_n)
+            scores = await self.ascore(query, docs, instruction=instruction, raw=raw, max_doc_tokens=max_doc_tokens)
+            ranked = rank_by_score(scores, docs, top_n)
+            _trace_ranked(span, ranked)
+        return ranked
+
+    async def _ascore_checked(
+        self,
+        pairs: list[tuple[str, str]],
+        *,
+        instruction: str | None,
+        raw: bool,
+        max_doc_tokens: int | None,
+        span: RerankSpan,
+    ) -> list[float]:
+        engine = self.engine
+        result = await engine.ascore(
+            pairs, scorer=self, instruction=instruction, raw=raw, max_doc_tokens=max_doc_tokens
+        )
+        if span.recording:
+            self._trace_model(span, engine.settings, engine=True, raw=raw)
+            span.work(
+                pairs=len(pairs),
+                tokens=result.tokens,
+                truncated=result.truncated,
+                batches=result.batches,
+                shared_prefix_batches=result.shared_prefix_batches,
+                queued_seconds=result.queued_s,
+            )
+        return result.scores
 
     @staticmethod
     def _check_instruction(instruction: object) -> None:
         if instruction is not None and not isinstance(instruction, str):
             raise TypeError(f"instruction must be a str or None, not {type(instruction).__name__}")
+
+    # -- tracing ---------------------------------------------------------------------------------------------------
+    def _trace_request(
+        self,
+        span: RerankSpan,
+        query: str | None,
+        docs: list[str],
+        instruction: str | None,
+        *,
+        top_n: int | None = None,
+    ) -> None:
+        if not span.recording or not span.owner:
+            return
+        if self.family.uses_template:
+            instruction = instruction if isinstance(instruction, str) else self.instruction
+        else:
+            instruction = None  # encoders take no prompt
+        span.request(
+            query=query,
+            model_name=self.model_name,
+            top_k=top_n,
+            instruction=instruction,
+            documents=[TracedDocument(d) for d in docs],
+        )
+
+    def _trace_model(self, span: RerankSpan, settings: BatchSettings, *, engine: bool, raw: bool) -> None:
+        span.model(
+            device=str(self.device),
+            dtype=str(self.dtype).removeprefix("torch."),
+            family=self.family.value,
+            packed=settings.pack,
+            prefix_reuse=settings.reuse_prefix,
+            max_length=self.max_length,
+            engine=engine,
+            raw=raw,
+        )
 
     # -- internals -------------------------------------------------------------------------------------------------
     def _score(
@@ -416,6 +512,7 @@ class PixieScorer:
         instruction: str | None,
         raw: bool,
         max_doc_tokens: int | None = None,
+        span: RerankSpan | None = None,
     ) -> list[float]:
         check_max_doc_tokens(max_doc_tokens)  # also for empty input: a bad value is a bug either way
         if count == 0:
@@ -424,22 +521,44 @@ class PixieScorer:
         if instruction is None:
             instruction = self.instruction
         encoded, truncated = self._encoder.encode(list(pairs), instruction, max_doc_tokens=max_doc_tokens)
-        logits = self._run(encoded)
+        stats = RunStats() if span is not None and span.recording else None
+        logits = self._run(encoded, stats)
         log_truncated(truncated, count, self.max_length)
+        if stats is not None and span is not None:
+            self._trace_model(span, self.settings, engine=False, raw=raw)
+            span.work(
+                pairs=count,
+                tokens=sum(len(pair) for pair in encoded),
+                truncated=truncated,
+                batches=stats.batches,
+                shared_prefix_batches=stats.shared_prefix_batches,
+                prefix_runs=stats.prefix_runs,
+            )
         return scores_from_logits(logits, raw=raw)
 
-    def _run(self, encoded: list[EncodedPair]) -> torch.Tensor:
-        """Raw float32 logits for encoded pairs, in input order."""
+    def _run(self, encoded: list[EncodedPair], stats: RunStats | None = None) -> torch.Tensor:
+        """Raw float32 logits for encoded pairs, in input order (``stats``: what ran, for the trace)."""
         show = self.show_progress_bar
         if show is None:
             show = len(encoded) >= _PROGRESS_MIN_PAIRS
         if not show:
-            return self._pipeline.run(encoded)
+            return self._pipeline.run(encoded, stats=stats)
         from tqdm.auto import tqdm
 
         with tqdm(total=len(encoded), desc="Reranking", unit="pair") as progress:
-            return self._pipeline.run(encoded, progress=progress.update)
+            return self._pipeline.run(encoded, progress=progress.update, stats=stats)
 
     def _plan(self, encoded: list[EncodedPair]) -> list[tuple[list[int], bool]]:
         """Batches of indices, each flagged whether its pairs share one prefix (run once, through its KV cache)."""
         return self._pipeline.plan(encoded)
+
+
+def _one_query(pairs: list[tuple[str, str]]) -> str | None:
+    """The query of pairs that all share one (a trace's ``reranker.query``), else ``None``."""
+    queries = {q for q, _ in pairs}
+    return next(iter(queries)) if len(queries) == 1 else None
+
+
+def _trace_ranked(span: RerankSpan, ranked: list[RankResult]) -> None:
+    if span.recording and span.owner:
+        span.result((TracedDocument(r.document, score=r.score) for r in ranked), indices=[r.index for r in ranked])

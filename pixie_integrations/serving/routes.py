@@ -13,7 +13,7 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import pydantic_core
@@ -29,6 +29,7 @@ from .admission import check_json_content_type, check_prepared, check_sizes, che
 from .errors import ApiError, describe_validation_errors, plain_message
 from .limits import ServerLimits
 from .schemas import PixieScoreRequest, RerankRequest, VllmScoreRequest
+from .tracing import traced_scoring
 
 try:
     import orjson
@@ -83,6 +84,8 @@ class Routes:
             truncate_prompt_tokens=body.truncate_prompt_tokens,
             max_doc_tokens=body.max_tokens_per_doc,
             priority=body.priority,
+            ranked=True,
+            top_n=body.top_n or None,
         )
         # Plain dicts in the shape of RerankResponse (the documented model; a test holds them equal): building the
         # pydantic models only to dump them again costs more than the rest of the response.
@@ -233,6 +236,46 @@ class Routes:
             timer.cancel()
 
     async def _score(
+        self,
+        request: Request,
+        pairs: list[tuple[str, str]],
+        *,
+        instruction: str | None,
+        raw: bool,
+        truncate_prompt_tokens: int | None,
+        priority: int | None,
+        max_doc_tokens: int | None = None,
+        ranked: bool = False,
+        top_n: int | None = None,
+    ) -> ScoringResult:
+        """Score ``pairs`` inside the request's OpenInference span (``ranked``, ``top_n``: a rerank route's answer,
+        best first, cut to ``top_n``, which the span records as its output documents)."""
+
+        def score() -> Awaitable[ScoringResult]:
+            return self._score_pairs(
+                request,
+                pairs,
+                instruction=instruction,
+                raw=raw,
+                truncate_prompt_tokens=truncate_prompt_tokens,
+                priority=priority,
+                max_doc_tokens=max_doc_tokens,
+            )
+
+        return await traced_scoring(
+            score,
+            path=request.url.path,
+            headers=request.headers,
+            scorer=self.scorer,
+            engine=self.engine,
+            pairs=pairs,
+            instruction=instruction,
+            raw=raw,
+            ranked=ranked,
+            top_n=top_n,
+        )
+
+    async def _score_pairs(
         self,
         request: Request,
         pairs: list[tuple[str, str]],
