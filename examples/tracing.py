@@ -5,7 +5,7 @@ Run it:
     pip install "pixie-integrations[tracing]" opentelemetry-sdk
     python examples/tracing.py --tiny            # offline: a tiny random model built here (scores are noise)
     python examples/tracing.py --tiny --console  # print every span as JSON (OpenTelemetry's console exporter)
-    python examples/tracing.py --tiny --hide     # as with OPENINFERENCE_HIDE_INPUTS/OUTPUTS=true: no text recorded
+    python examples/tracing.py --tiny --show-text  # as with OPENINFERENCE_HIDE_INPUTS/OUTPUTS=false: text recorded
     python examples/tracing.py                   # the real model (downloaded once)
 
 It sets up an OpenTelemetry SDK provider with an in-memory exporter (an application would export to Phoenix or an
@@ -62,10 +62,12 @@ def main() -> int:
     parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--tiny", action="store_true", help="build and use a tiny random model (offline)")
     parser.add_argument("--console", action="store_true", help="also print every span as JSON")
-    parser.add_argument("--hide", action="store_true", help="record no query or document text")
+    parser.add_argument(
+        "--show-text", action="store_true", help="record the query and document text (hidden by default)"
+    )
     args = parser.parse_args()
-    if args.hide:
-        os.environ["OPENINFERENCE_HIDE_INPUTS"] = os.environ["OPENINFERENCE_HIDE_OUTPUTS"] = "true"
+    if args.show_text:
+        os.environ["OPENINFERENCE_HIDE_INPUTS"] = os.environ["OPENINFERENCE_HIDE_OUTPUTS"] = "false"
 
     exporter = InMemorySpanExporter()
     provider = TracerProvider()

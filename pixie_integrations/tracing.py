@@ -15,10 +15,13 @@ been set, nothing is imported here and a call costs a dictionary lookup. The pro
 (``opentelemetry.trace.get_tracer_provider()``, or :attr:`TraceConfig.tracer_provider`), so one set after this
 package was imported is used. Without a configured SDK provider spans do not record and nothing is built.
 
-Document text follows OpenInference's configuration: recorded unless hidden, by ``OPENINFERENCE_HIDE_INPUTS`` or
-``OPENINFERENCE_HIDE_INPUT_TEXT`` (the query, the instruction, the input documents' content and metadata) and
-``OPENINFERENCE_HIDE_OUTPUTS`` or ``OPENINFERENCE_HIDE_OUTPUT_TEXT`` (the output documents' content and metadata),
-or in code by :func:`set_trace_config`. Hidden values read ``"__REDACTED__"``; ids, scores and counts stay.
+Document text (the query, the instruction, the documents' content and metadata) is recorded only when the user
+allows it: hidden by default, because reranked documents are often private and a trace backend is often shared.
+OpenInference's settings allow or hide it: ``OPENINFERENCE_HIDE_INPUTS=false`` (or ``OPENINFERENCE_HIDE_INPUT_TEXT``)
+records the query, the instruction and the input documents, ``OPENINFERENCE_HIDE_OUTPUTS=false`` (or
+``..._OUTPUT_TEXT``) the output documents; ``true`` hides them; :func:`set_trace_config` in code wins over both.
+The Haystack ranker follows Haystack's own switch (``HAYSTACK_CONTENT_TRACING_ENABLED``) where neither is set.
+Hidden values read ``"__REDACTED__"``; ids, scores and counts stay.
 """
 
 from __future__ import annotations
@@ -116,12 +119,11 @@ class TraceConfig:
     """Tracing settings in code; they win over the environment, which wins over the defaults (OpenInference's order).
 
     Args:
-        hide_inputs: Hide the query, the instruction and the input documents' content and metadata. ``None``: hidden
-            when ``OPENINFERENCE_HIDE_INPUTS`` or ``OPENINFERENCE_HIDE_INPUT_TEXT`` is ``true`` (or, for the Haystack
-            ranker, while Haystack's content tracing is off), else recorded.
-        hide_outputs: Hide the output documents' content and metadata. ``None``: hidden when
-            ``OPENINFERENCE_HIDE_OUTPUTS`` or ``OPENINFERENCE_HIDE_OUTPUT_TEXT`` is ``true`` (or as above for
-            Haystack), else recorded.
+        hide_inputs: Hide the query, the instruction and the input documents' content and metadata. ``None``: as
+            ``OPENINFERENCE_HIDE_INPUTS`` / ``OPENINFERENCE_HIDE_INPUT_TEXT`` say (``false`` records them), else
+            hidden (for the Haystack ranker: recorded while Haystack's content tracing is on).
+        hide_outputs: Hide the output documents' content and metadata. ``None``: as ``OPENINFERENCE_HIDE_OUTPUTS`` /
+            ``OPENINFERENCE_HIDE_OUTPUT_TEXT`` say, else hidden (Haystack as above).
         tracer_provider: The OpenTelemetry ``TracerProvider`` to use; ``None``: the global one, looked up per call.
         enabled: ``False`` emits no span at all.
     """
@@ -374,18 +376,31 @@ def _json(metadata: Mapping[str, Any] | str) -> str:
 _warned_env: set[str] = set()
 
 
-def _env_flag(name: str) -> bool:
-    """An OpenInference boolean variable: ``true``/``false`` in any case; anything else warns once and is unset."""
+def _env_flag(name: str) -> bool | None:
+    """An OpenInference boolean variable: ``true``/``false`` in any case; unset (or anything else, which warns once)
+    is ``None``."""
     value = os.environ.get(name)
     if value is None:
-        return False
+        return None
     lowered = value.strip().lower()
     if lowered in ("true", "false"):
         return lowered == "true"
     if name not in _warned_env:
         _warned_env.add(name)
         logger.warning("%s=%r is neither true nor false; ignoring it.", name, value)
-    return False
+    return None
+
+
+def _hidden(configured: bool | None, names: tuple[str, str], default: bool) -> bool:
+    """Code's setting, else the environment's (either variable ``true`` hides; ``false`` allows), else the default."""
+    if configured is not None:
+        return configured
+    flags = [_env_flag(name) for name in names]
+    if True in flags:
+        return True
+    if False in flags:
+        return False
+    return default
 
 
 _provider_by_env: bool | None = None
@@ -434,7 +449,7 @@ def rerank_span(
     carrier: Mapping[str, str] | None = None,
     parent: Any = None,
     merge_into: Any = None,
-    hide_by_default: bool = False,
+    hide_by_default: bool = True,
 ) -> contextlib.AbstractContextManager[RerankSpan]:
     """Open the ``RERANKER`` span of one rerank call as the current span; yields a :class:`RerankSpan` to fill.
 
@@ -454,8 +469,9 @@ def rerank_span(
         merge_into: A recording ``RERANKER`` span another instrumentor opened for this very call (OpenInference's
             LlamaIndex instrumentor, from the framework's rerank events): no span is opened; the ``pixie.*``
             attributes are added to that one, which already holds the query and documents.
-        hide_by_default: Hide inputs and outputs unless the code's :class:`TraceConfig` says otherwise (a framework
-            whose own convention keeps content out of traces by default: Haystack).
+        hide_by_default: Hide inputs and outputs unless the code's :class:`TraceConfig` or the environment allows
+            them (``False``: a framework whose own setting already allowed content in traces: Haystack's content
+            tracing).
     """
     outer = _active.get()
     if outer is not None:
@@ -520,12 +536,8 @@ def _recording(
         span.end()
         yield _NOT_RECORDING
         return
-    hide_inputs = config.hide_inputs
-    if hide_inputs is None:
-        hide_inputs = hide_by_default or _env_flag(HIDE_INPUTS) or _env_flag(HIDE_INPUT_TEXT)
-    hide_outputs = config.hide_outputs
-    if hide_outputs is None:
-        hide_outputs = hide_by_default or _env_flag(HIDE_OUTPUTS) or _env_flag(HIDE_OUTPUT_TEXT)
+    hide_inputs = _hidden(config.hide_inputs, (HIDE_INPUTS, HIDE_INPUT_TEXT), hide_by_default)
+    hide_outputs = _hidden(config.hide_outputs, (HIDE_OUTPUTS, HIDE_OUTPUT_TEXT), hide_by_default)
     recorder = _RecordingSpan(span, hide_inputs=hide_inputs, hide_outputs=hide_outputs)
     recorder.set(PIXIE_ENTRY_POINT, entry_point)
     token = _active.set(recorder)

@@ -51,9 +51,12 @@ def _global_provider() -> TracerProvider:
 
 @pytest.fixture
 def spans(_global_provider: TracerProvider, monkeypatch: pytest.MonkeyPatch) -> Iterator[InMemorySpanExporter]:
-    """The exporter, empty; no hide variable set; the default trace config (restored afterwards)."""
+    """The exporter, empty; text allowed (OPENINFERENCE_HIDE_INPUTS/OUTPUTS=false, the _TEXT ones unset); the
+    default trace config (restored afterwards)."""
     for name in HIDE_VARS:
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv(t.HIDE_INPUTS, "false")
+    monkeypatch.setenv(t.HIDE_OUTPUTS, "false")
     set_trace_config(None)
     _EXPORTER.clear()
     try:
@@ -210,7 +213,7 @@ def test_the_key_attributes_survive_the_sdks_attribute_limit(tiny_scorer: PixieS
     exporter = InMemorySpanExporter()
     provider = TracerProvider(span_limits=SpanLimits(max_span_attributes=40))
     provider.add_span_processor(SimpleSpanProcessor(exporter))
-    set_trace_config(TraceConfig(tracer_provider=provider))  # an explicit provider, not the global one
+    set_trace_config(TraceConfig(tracer_provider=provider, hide_inputs=False))  # its own provider, text allowed
     try:
         tiny_scorer.rank(QUERY, [f"document {i}" for i in range(30)], top_n=5)
     finally:
@@ -229,10 +232,21 @@ def test_disabled_tracing_emits_nothing(spans: InMemorySpanExporter, tiny_scorer
 
 
 # -- what is hidden ------------------------------------------------------------------------------------------------
-def test_contents_are_recorded_by_default_as_openinference_does(
-    spans: InMemorySpanExporter, tiny_scorer: PixieScorer
+def test_contents_are_hidden_by_default(
+    spans: InMemorySpanExporter, tiny_scorer: PixieScorer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    tiny_scorer.rank(QUERY, DOCS, top_n=2)
+    for name in HIDE_VARS:
+        monkeypatch.delenv(name, raising=False)
+    ranked = tiny_scorer.rank(QUERY, DOCS, top_n=2)
+    span = only_reranker(spans)
+    text = json.dumps(dict(span.attributes), ensure_ascii=False)
+    assert QUERY not in text and not any(doc in text for doc in DOCS) and tiny_scorer.instruction not in text
+    assert span.attributes[t.RERANKER_QUERY] == REDACTED
+    assert documents(span, t.RERANKER_OUTPUT_DOCUMENTS) == [{"content": REDACTED, "score": r.score} for r in ranked]
+
+
+def test_contents_are_recorded_when_allowed(spans: InMemorySpanExporter, tiny_scorer: PixieScorer) -> None:
+    tiny_scorer.rank(QUERY, DOCS, top_n=2)  # the fixture allows text: OPENINFERENCE_HIDE_INPUTS/OUTPUTS=false
     values = set(only_reranker(spans).attributes.values())
     assert QUERY in values and set(DOCS) <= values and REDACTED not in values
 
@@ -295,7 +309,9 @@ def test_an_unparsable_variable_is_ignored_with_a_warning(
     monkeypatch.setenv(t.HIDE_OUTPUTS, "yes please")
     monkeypatch.setattr(t, "_warned_env", set())
     tiny_scorer.rank(QUERY, DOCS[:2])
-    assert documents(only_reranker(spans), t.RERANKER_OUTPUT_DOCUMENTS)[0]["content"] != REDACTED
+    span = only_reranker(spans)
+    assert documents(span, t.RERANKER_OUTPUT_DOCUMENTS)[0]["content"] == REDACTED  # ignored: the default holds
+    assert span.attributes[t.RERANKER_QUERY] == QUERY  # the inputs' variable still applies
     assert "neither true nor false" in caplog.text
 
 
@@ -424,8 +440,14 @@ def _haystack_pipeline(tiny_reranker: Path) -> tuple[Any, list[Any]]:
 
 
 def test_haystack_ranker_nests_under_its_component_span_and_keeps_content_out_by_default(
-    spans: InMemorySpanExporter, tiny_reranker: Path, tracer: trace.Tracer, haystack_otel: Any
+    spans: InMemorySpanExporter,
+    tiny_reranker: Path,
+    tracer: trace.Tracer,
+    haystack_otel: Any,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    for name in HIDE_VARS:  # neither switch set: Haystack's own decides
+        monkeypatch.delenv(name, raising=False)
     pipeline, docs = _haystack_pipeline(tiny_reranker)
     inputs = {"retriever": {"query": QUERY}, "ranker": {"query": QUERY}}
     with tracer.start_as_current_span("app") as app:
@@ -544,8 +566,9 @@ def test_example_runs_offline_with_tiny_model(run_example: Any) -> None:
     result = run_example("tracing.py", "--tiny")
     assert "PixieScorer.rank  (kind RERANKER, parent: answer question)" in result.stdout
     assert "PixieRerank  (kind RERANKER, parent: answer question)" in result.stdout
-    hidden = run_example("tracing.py", "--tiny", "--hide")
-    assert REDACTED in hidden.stdout and QUERY not in hidden.stdout
+    assert REDACTED in result.stdout and QUERY not in result.stdout  # hidden by default
+    shown = run_example("tracing.py", "--tiny", "--show-text")
+    assert QUERY in shown.stdout
 
 
 def test_a_traceparent_header_becomes_the_parent(spans: InMemorySpanExporter) -> None:
