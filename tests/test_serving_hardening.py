@@ -183,7 +183,8 @@ def test_a_large_rank_fields_request_is_rendered_off_the_event_loop(
     monkeypatch.setattr(RerankRequest, "texts", texts)
     objects = [{"title": f"문서 {i}", "text": "위성 영상 분석 " * 400} for i in range(60)]  # ~0.5 MB of JSON
     small = [{"title": "t", "text": d} for d in DOCS]
-    with serving(scorer, limits={"max_documents": 100}) as url, httpx.Client(base_url=url, timeout=60) as client:
+    limits = {"max_documents": 100, "max_request_tokens": 1 << 20}  # ~80k tokens: past the CPU default on purpose
+    with serving(scorer, limits=limits) as url, httpx.Client(base_url=url, timeout=60) as client:
         body = {"query": QUERY, "documents": objects, "rank_fields": ["title", "text"], "top_n": 1}
         assert len(json.dumps(body).encode()) > 256 * 1024
         assert client.post("/rerank", json=body).status_code == 200

@@ -42,6 +42,9 @@ def scorer(tmp_path_factory: pytest.TempPathFactory) -> PixieScorer:
 
 @contextmanager
 def serving(scorer: PixieScorer, **limits: float) -> Iterator[str]:
+    # The CPU token defaults are sized for the real model on 2 cores; this small model is far faster, and these
+    # tests send requests past them on purpose (many seconds of work to drop, time out or overload).
+    limits = {"max_request_tokens": 1 << 20, "max_pending_tokens": 1 << 22, **limits}
     with serve_in_thread(create_app(scorer, limits=ServerLimits(**limits))) as url:  # type: ignore[arg-type]
         yield url
 

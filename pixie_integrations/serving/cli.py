@@ -124,7 +124,8 @@ def _add_limits(limits: Any) -> None:
         "--max-document-tokens",
         type=_positive_int,
         default=None,
-        help="most tokens of one pair's whole input after truncation, else 413 (default: the model's max length)",
+        help="most tokens of one pair's whole input after truncation, else 413 (default: "
+        f"{CPU_TOKEN_DEFAULTS['max_document_tokens']} on a CPU, at most the model's max length; that on a GPU)",
     )
     limits.add_argument(
         "--max-request-tokens",

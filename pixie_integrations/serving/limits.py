@@ -19,8 +19,13 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 # Defaults of the token limits by device, for the real model (0.6B): a 2-core CPU scores about 3-4k tokens/s, one
 # data-centre GPU a few hundred thousand. A request should finish well within ``request_timeout`` (120 s), and the
 # engine should hold no more than about that timeout's worth of work.
-CPU_TOKEN_DEFAULTS = {"max_request_tokens": 131_072, "max_pending_tokens": 393_216}
-"""``max_request_tokens`` and ``max_pending_tokens`` when the model runs on a CPU."""
+# A 2-core CPU scores the real PIXIE at about 400 input tokens a second (bf16 defaults, AMD Zen 4, measured with
+# `pixie-rerank bench --preset cpu`), and one forward pass cannot be interrupted: a request must fit well within
+# the 120 s request timeout alone, and one input must not hold the worker for minutes (attention grows with its
+# square). Raise them on bigger CPUs.
+CPU_TOKEN_DEFAULTS = {"max_document_tokens": 8_192, "max_request_tokens": 32_768, "max_pending_tokens": 65_536}
+"""``max_document_tokens`` (capped at the model's ``max_length``), ``max_request_tokens`` and ``max_pending_tokens``
+when the model runs on a CPU (sized for 2 cores)."""
 GPU_TOKEN_DEFAULTS = {"max_request_tokens": 1_048_576, "max_pending_tokens": 8_388_608}
 """``max_request_tokens`` and ``max_pending_tokens`` when the model runs on an accelerator (CUDA, MPS, ...)."""
 
@@ -43,7 +48,8 @@ class ServerLimits:
     max_query_chars: int = 20_000
     """Longest query or instruction, in characters."""
     max_document_tokens: int | None = None
-    """Most tokens of one pair's whole input (template, query, document) after truncation; None: the model's limit."""
+    """Most tokens of one pair's whole input (template, query, document) after truncation; None: the device's
+    default, at most the model's limit."""
     max_request_tokens: int | None = None
     """Most tokens of all pairs of one request, after truncation; None: the device's default."""
     max_pending_tokens: int | None = None
@@ -70,7 +76,7 @@ class ServerLimits:
         defaults = CPU_TOKEN_DEFAULTS if device.split(":")[0] == "cpu" else GPU_TOKEN_DEFAULTS
         filled = {name: defaults[name] for name in defaults if getattr(self, name) is None}
         if self.max_document_tokens is None:
-            filled["max_document_tokens"] = max_length
+            filled["max_document_tokens"] = min(defaults.get("max_document_tokens", max_length), max_length)
         return replace(self, **filled)
 
 
