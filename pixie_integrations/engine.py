@@ -6,7 +6,7 @@ one worker thread only plans and runs forward passes. Before each pass it picks 
 the planned batch (length-sorted, within the token budget) that holds that request's next pair; other requests'
 pairs of similar length fill the rest of the batch.
 
-Which request goes next (the scheduling rule):
+Which request goes next (the scheduling rule, :mod:`.scheduling`):
 
 1. A request that has waited more than ``max_wait`` seconds since it last progressed goes first (oldest first), so
    nothing starves.
@@ -35,14 +35,22 @@ import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 
 from .encoding import EncodedPair, PairEncoder
+from .engine_requests import (
+    EncodesPairs,
+    EngineListener,
+    EngineOverloadedError,
+    PreparedRequest,
+    ScoringResult,
+    ScoringTimeoutError,
+)
 from .loading import LoadedModel
 from .pipeline import BatchPipeline, BatchSettings, log_truncated, scores_from_logits
+from .scheduling import PendingRequest, serving_order
 from .template import DEFAULT_INSTRUCTION
 
 __all__ = [
@@ -75,127 +83,6 @@ _PLAN_WINDOW_PAIRS = 4096
 _PREFIX_CACHE_SIZE = 16
 # Threads tokenizing async callers' requests; the tokenizer lock serializes most of the work anyway.
 _ENCODE_THREADS = 2
-
-
-class EngineOverloadedError(RuntimeError):
-    """The engine already holds as much pending work as it may; try again after ``retry_after`` seconds."""
-
-    def __init__(self, message: str, *, retry_after: float, reason: str = "pending_pairs") -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
-        """A hint, in seconds, of when the backlog should have cleared."""
-        self.reason = reason
-        """Which bound was hit: ``"pending_pairs"`` or ``"pending_tokens"``."""
-
-
-class ScoringTimeoutError(TimeoutError):
-    """A request's deadline passed before all of its pairs were scored; its remaining pairs were dropped."""
-
-
-@dataclass(frozen=True)
-class ScoringResult:
-    """What one request of the engine gives back."""
-
-    scores: list[float]
-    """One Python float per pair, in input order (probability, or logit with ``raw=True``)."""
-    truncated: int
-    """How many documents were longer than the room left by ``max_length`` and had their ends cut."""
-    tokens: int
-    """Input tokens of all pairs, template included, after truncation (what a forward pass without reuse sees)."""
-    batches: int = 0
-    """Forward passes that held pairs of this request (shared with other requests' pairs)."""
-    shared_prefix_batches: int = 0
-    """Of those, passes whose pairs shared one query prefix."""
-    queued_s: float = 0.0
-    """Seconds from acceptance to the request's first forward pass."""
-
-
-class _Encodes(Protocol):
-    """What a request is encoded with: a :class:`~pixie_integrations.PixieScorer` (or anything as shaped)."""
-
-    @property
-    def encoder(self) -> PairEncoder: ...
-
-    instruction: str
-
-
-@dataclass(frozen=True, eq=False)
-class PreparedRequest:
-    """A request tokenized (in the caller's thread, or the engine's encoding pool) and ready to queue.
-
-    Made by :meth:`ScoringEngine.prepare`; its token counts let a caller refuse work before it is queued.
-    """
-
-    encoded: tuple[EncodedPair, ...]
-    """One encoding per pair, in input order, after truncation."""
-    instruction: str
-    """The task instruction it was encoded with."""
-    truncated: int
-    """Documents cut by the length limit (not those cut only by ``max_doc_tokens``)."""
-    max_length: int
-    """The length limit it was encoded with (the scorer's, or a lower one asked for this request)."""
-
-    @property
-    def pairs(self) -> int:
-        """How many pairs."""
-        return len(self.encoded)
-
-    @functools.cached_property
-    def tokens(self) -> int:
-        """Input tokens of all pairs, template included, after truncation."""
-        return sum(len(pair) for pair in self.encoded)
-
-    @property
-    def pair_tokens(self) -> list[int]:
-        """Tokens of each pair's whole input (template, query and document), in input order."""
-        return [len(pair) for pair in self.encoded]
-
-
-class EngineListener(Protocol):
-    """What an engine reports as it works (e.g. to Prometheus metrics); register with
-    :meth:`ScoringEngine.add_listener`. Called from the engine's threads: keep each call short and never raise."""
-
-    def batch_done(self, *, pairs: int, tokens: int, seconds: float) -> None:
-        """One forward pass ran ``pairs`` pairs of ``tokens`` input tokens in ``seconds``."""
-
-    def request_done(
-        self, *, outcome: str, pairs: int, tokens: int, truncated: int, queued_s: float, model_s: float
-    ) -> None:
-        """A request ended: ``outcome`` is ``"ok"``, ``"cancelled"``, ``"timeout"`` or ``"error"``; ``queued_s``
-        from acceptance to its first forward pass (or its end, if none ran), ``model_s`` from then to its end."""
-
-    def refused(self, *, reason: str) -> None:
-        """A request was refused at admission (``reason``: ``"pending_pairs"`` or ``"pending_tokens"``)."""
-
-
-@dataclass(eq=False)
-class _Job:
-    prepared: PreparedRequest
-    raw: bool
-    priority: int
-    deadline: float | None
-    future: Future[ScoringResult]
-    seq: int
-    accepted: float
-    tokens: int
-    logits: torch.Tensor
-    done: list[bool]
-    left: int
-    vstart: float = 0.0  # virtual start time: grows by the tokens run for this job
-    progressed: float = 0.0  # when a pair of it last ran (or when it was accepted)
-    started: float | None = None  # when its first forward pass began
-    next_pair: int = 0  # the first index that may still be pending
-    tokens_left: int = field(default=0)
-    batches: int = 0  # forward passes that held pairs of it
-    shared_prefix_batches: int = 0
-
-    def dropped(self) -> bool:
-        return self.future.cancelled() or (self.deadline is not None and time.monotonic() > self.deadline)
-
-    def pending(self) -> list[int]:
-        while self.next_pair < len(self.done) and self.done[self.next_pair]:
-            self.next_pair += 1
-        return [i for i in range(self.next_pair, len(self.done)) if not self.done[i]]
 
 
 class ScoringEngine:
@@ -244,7 +131,7 @@ class ScoringEngine:
         self.max_pending_tokens = max_pending_tokens
         self.max_wait = float(max_wait)
         self._cond = threading.Condition()
-        self._intake: list[_Job] = []
+        self._intake: list[PendingRequest] = []
         self._pending_pairs = 0
         self._pending_tokens = 0
         self._seq = itertools.count()
@@ -301,7 +188,7 @@ class ScoringEngine:
         self,
         pairs: Sequence[tuple[str, str]],
         *,
-        scorer: _Encodes | None = None,
+        scorer: EncodesPairs | None = None,
         instruction: str | None = None,
         max_length: int | None = None,
         max_doc_tokens: int | None = None,
@@ -333,7 +220,7 @@ class ScoringEngine:
         self,
         pairs: Sequence[tuple[str, str]],
         *,
-        scorer: _Encodes | None = None,
+        scorer: EncodesPairs | None = None,
         instruction: str | None = None,
         max_length: int | None = None,
         max_doc_tokens: int | None = None,
@@ -370,7 +257,7 @@ class ScoringEngine:
             raise TypeError(f"priority must be an int, got {priority!r}")
         now = time.monotonic()
         count = prepared.pairs
-        job = _Job(
+        job = PendingRequest(
             prepared=prepared,
             raw=raw,
             priority=priority,
@@ -405,7 +292,7 @@ class ScoringEngine:
         self,
         pairs: Sequence[tuple[str, str]],
         *,
-        scorer: _Encodes | None = None,
+        scorer: EncodesPairs | None = None,
         instruction: str | None = None,
         raw: bool = False,
         timeout: float | None = None,
@@ -440,7 +327,7 @@ class ScoringEngine:
         self,
         pairs: Sequence[tuple[str, str]],
         *,
-        scorer: _Encodes | None = None,
+        scorer: EncodesPairs | None = None,
         instruction: str | None = None,
         raw: bool = False,
         timeout: float | None = None,
@@ -469,7 +356,7 @@ class ScoringEngine:
                 self._encode_pool = ThreadPoolExecutor(_ENCODE_THREADS, thread_name_prefix="pixie-encode")
             return self._encode_pool
 
-    def _admit(self, job: _Job) -> None:
+    def _admit(self, job: PendingRequest) -> None:
         """Refuse ``job`` if the pool is full (called holding the lock). A job alone in the pool always fits."""
         if not self._pending_pairs:
             return
@@ -493,7 +380,7 @@ class ScoringEngine:
 
     # -- the worker ------------------------------------------------------------------------------------------------
     def _work(self) -> None:
-        pool: list[_Job] = []
+        pool: list[PendingRequest] = []
         while True:
             with self._cond:
                 while not self._intake and not pool and not self._closed:
@@ -514,23 +401,12 @@ class ScoringEngine:
             if not pool:
                 self._prefixes.retain(())
                 continue
-            self._run_next_batch(self._schedule(pool))
+            self._run_next_batch(serving_order(pool, max_wait=self.max_wait))
             pool = [job for job in pool if job.left]
 
-    def _schedule(self, pool: list[_Job]) -> list[_Job]:
-        """The pool in serving order: starved first (oldest progress first), then priority, then fair share."""
-        starved_before = time.monotonic() - self.max_wait
-
-        def key(job: _Job) -> tuple[Any, ...]:
-            if job.progressed < starved_before:
-                return (0, job.progressed, 0.0, job.seq)
-            return (1, job.priority, job.vstart, job.seq)
-
-        return sorted(pool, key=key)
-
-    def _run_next_batch(self, order: list[_Job]) -> None:
+    def _run_next_batch(self, order: list[PendingRequest]) -> None:
         """Plan batches over the pending pairs (in serving order) and run the one holding the head's next pair."""
-        owners: list[tuple[_Job, int]] = []
+        owners: list[tuple[PendingRequest, int]] = []
         encoded: list[EncodedPair] = []
         for job in order:  # the first requests' pending pairs, up to the planning window
             for i in job.pending():
@@ -586,7 +462,7 @@ class ScoringEngine:
             if not job.left:
                 self._complete(job)
 
-    def _drop_if_gone(self, job: _Job) -> bool:
+    def _drop_if_gone(self, job: PendingRequest) -> bool:
         if not job.dropped():
             return False
         self.pairs_dropped += job.left
@@ -603,7 +479,7 @@ class ScoringEngine:
             self._pending_pairs -= pairs
             self._pending_tokens -= tokens
 
-    def _complete(self, job: _Job) -> None:
+    def _complete(self, job: PendingRequest) -> None:
         prepared = job.prepared
         log_truncated(prepared.truncated, prepared.pairs, prepared.max_length)
         scores = scores_from_logits(job.logits, raw=job.raw)
@@ -617,7 +493,7 @@ class ScoringEngine:
         )
         self._end(job, result, "ok")
 
-    def _end(self, job: _Job, outcome: ScoringResult | BaseException, kind: str) -> None:
+    def _end(self, job: PendingRequest, outcome: ScoringResult | BaseException, kind: str) -> None:
         self._report(job, kind)
         if not job.future.set_running_or_notify_cancel():
             return  # cancelled by its caller meanwhile
@@ -626,7 +502,7 @@ class ScoringEngine:
         else:
             job.future.set_result(outcome)
 
-    def _report(self, job: _Job, outcome: str) -> None:
+    def _report(self, job: PendingRequest, outcome: str) -> None:
         if not self._listeners:
             return
         now = time.monotonic()
