@@ -44,6 +44,7 @@ __all__ = [
     "get_trace_config",
     "rerank_span",
     "set_trace_config",
+    "trace_headers",
 ]
 
 logger = logging.getLogger(__name__)
@@ -404,6 +405,19 @@ def _hidden(configured: bool | None, names: tuple[str, str], default: bool) -> b
 
 
 _provider_by_env: bool | None = None
+
+
+def trace_headers() -> dict[str, str]:
+    """The W3C trace context of the current span as HTTP headers (``traceparent``, through the application's
+    propagators), for a client to send so that a server's spans join the caller's trace; ``{}`` when the
+    application has not imported OpenTelemetry or no span is current."""
+    if _trace_api() is None or not _config.enabled:
+        return {}
+    from opentelemetry import propagate
+
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return carrier
 
 
 def _trace_api() -> Any:

@@ -761,3 +761,32 @@ def test_a_server_request_is_one_reranker_span_child_of_its_traceparent(
         bad = {"query": QUERY, "documents": DOCS, "truncate_prompt_tokens": -5}  # refused while scoring
         assert client.post("/v1/rerank", json=bad).status_code == 422
         assert [s.status.status_code for s in rerankers(spans)] == [StatusCode.ERROR]
+
+
+def test_remote_scorer_carries_the_trace_to_the_server(
+    spans: InMemorySpanExporter, tiny_scorer: PixieScorer, tracer: trace.Tracer
+) -> None:
+    pytest.importorskip("fastapi")
+    from pixie_integrations.serving import RemoteScorer, create_app, serve_in_thread
+
+    with serve_in_thread(create_app(tiny_scorer)) as url:
+        remote = RemoteScorer(url)
+        with tracer.start_as_current_span("rag app") as app:
+            ranked = remote.rank(QUERY, DOCS, top_n=2)
+
+            async def arank() -> object:
+                return await remote.arank(QUERY, DOCS[:2])
+
+            asyncio.run(arank())
+        remote.close()
+    assert len(ranked) == 2
+    trace_id = app.get_span_context().trace_id
+    served = [s for s in spans.get_finished_spans() if s.name.startswith("pixie.serve")]
+    assert len(served) == 2  # one per request: the sync and the async call
+    assert all(s.context.trace_id == trace_id for s in served)  # the server's spans joined the caller's trace
+
+
+def test_no_trace_headers_without_a_current_span_or_opentelemetry() -> None:
+    code = "from pixie_integrations.tracing import trace_headers; import sys; print(trace_headers(), 'opentelemetry' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "{} False"

@@ -19,6 +19,7 @@ import httpx
 from tenacity import AsyncRetrying, Retrying, retry_if_exception, stop_after_attempt, wait_exponential, wait_random
 
 from .. import __version__
+from ..tracing import trace_headers
 from .remote_errors import RemoteScorerError
 
 __all__ = ["MAX_RETRY_AFTER_S", "Transport"]
@@ -104,7 +105,7 @@ class Transport:
     def _send_once(self, method: str, path: str, payload: dict[str, Any] | None) -> Any:
         url = self.base_url + path
         try:
-            response = self.client.request(method, url, json=payload)
+            response = self.client.request(method, url, json=payload, headers=trace_headers())
         except httpx.HTTPError as exc:
             raise self._transport_error(url, exc) from exc
         return self._decode(url, response)
@@ -112,7 +113,7 @@ class Transport:
     async def _asend_once(self, method: str, path: str, payload: dict[str, Any] | None) -> Any:
         url = self.base_url + path
         try:
-            response = await self._async_client().request(method, url, json=payload)
+            response = await self._async_client().request(method, url, json=payload, headers=trace_headers())
         except httpx.HTTPError as exc:
             raise self._transport_error(url, exc) from exc
         return self._decode(url, response)
