@@ -55,7 +55,7 @@ logger = logging.getLogger(_HAYSTACK_MODULE)
 _WARM_UP_LOCK = threading.Lock()
 # model_kwargs keys that name the weight dtype; the scorer takes the dtype as its own argument.
 _DTYPE_KWARGS = ("dtype", "torch_dtype")
-# The servers RemoteScorer speaks to (pixie_integrations.serving.client._APIS; repeated so that init can check
+# The servers RemoteScorer speaks to (pixie_integrations.serving.remote_shapes.APIS; repeated so that init can check
 # ``api`` without importing the serving extra).
 _APIS = ("pixie", "vllm")
 # Settings that only shape a locally loaded model: with api_base_url the server's own settings apply instead.
