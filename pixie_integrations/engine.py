@@ -270,8 +270,8 @@ class ScoringEngine:
             done=[False] * count,
             left=count,
             progressed=now,
+            tokens_left=prepared.tokens,
         )
-        job.tokens_left = job.tokens
         if not count:
             job.future.set_result(ScoringResult(scores=[], truncated=0, tokens=0))
             return job.future
@@ -446,18 +446,16 @@ class ScoringEngine:
         self._pairs_per_s = rate if not self._pairs_per_s else 0.8 * self._pairs_per_s + 0.2 * rate
         for listener in self._listeners:
             _tell(listener.batch_done, pairs=len(batch), tokens=tokens, seconds=end - start)
-        ran_tokens = 0
         for row, i in enumerate(batch):
             job, j = owners[i]
             job.logits[j] = logits[row]
             job.done[j] = True
             job.left -= 1
-            size = len(job.prepared.encoded[j])
+            size = len(pairs[row])
             job.tokens_left -= size
             job.vstart += size
             job.progressed = end
-            ran_tokens += size
-        self._release(len(batch), ran_tokens)
+        self._release(len(batch), tokens)
         for job in jobs:
             if not job.left:
                 self._complete(job)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -40,7 +40,7 @@ class PendingRequest:
     progressed: float = 0.0  # when a pair of it last ran (or when it was accepted)
     started: float | None = None  # when its first forward pass began
     next_pair: int = 0  # the first index that may still be pending
-    tokens_left: int = field(default=0)
+    tokens_left: int = 0  # input tokens of its pairs not yet run or dropped
     batches: int = 0  # forward passes that held pairs of it
     shared_prefix_batches: int = 0
 
