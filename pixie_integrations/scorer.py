@@ -19,7 +19,7 @@ from .packing import fast_kernel
 from .pipeline import BatchPipeline, BatchSettings, RunStats, log_truncated, scores_from_logits
 from .ranking import RankResult, check_top_n, rank_by_score
 from .template import DEFAULT_INSTRUCTION
-from .tracing import RerankSpan, TracedDocument, rerank_span
+from .tracing import RerankSpan, TracedDocument, record_model, rerank_span
 from .validation import check_documents, check_pairs, check_query
 
 __all__ = ["DEFAULT_MODEL", "PixieScorer", "RankResult"]
@@ -451,7 +451,7 @@ class PixieScorer:
             pairs, scorer=self, instruction=instruction, raw=raw, max_doc_tokens=max_doc_tokens
         )
         if span.recording:
-            self._trace_model(span, engine.settings, engine=True, raw=raw)
+            record_model(span, self, engine.settings, engine=True, raw=raw)
             span.work(
                 pairs=len(pairs),
                 tokens=result.tokens,
@@ -491,18 +491,6 @@ class PixieScorer:
             documents=[TracedDocument(d) for d in docs],
         )
 
-    def _trace_model(self, span: RerankSpan, settings: BatchSettings, *, engine: bool, raw: bool) -> None:
-        span.model(
-            device=str(self.device),
-            dtype=str(self.dtype).removeprefix("torch."),
-            family=self.family.value,
-            packed=settings.pack,
-            prefix_reuse=settings.reuse_prefix,
-            max_length=self.max_length,
-            engine=engine,
-            raw=raw,
-        )
-
     # -- internals -------------------------------------------------------------------------------------------------
     def _score(
         self,
@@ -525,7 +513,7 @@ class PixieScorer:
         logits = self._run(encoded, stats)
         log_truncated(truncated, count, self.max_length)
         if stats is not None and span is not None:
-            self._trace_model(span, self.settings, engine=False, raw=raw)
+            record_model(span, self, self.settings, engine=False, raw=raw)
             span.work(
                 pairs=count,
                 tokens=sum(len(pair) for pair in encoded),

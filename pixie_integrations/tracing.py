@@ -42,6 +42,7 @@ __all__ = [
     "TraceConfig",
     "TracedDocument",
     "get_trace_config",
+    "record_model",
     "rerank_span",
     "set_trace_config",
     "trace_headers",
@@ -405,6 +406,21 @@ def _hidden(configured: bool | None, names: tuple[str, str], default: bool) -> b
 
 
 _provider_by_env: bool | None = None
+
+
+def record_model(span: RerankSpan, scorer: Any, settings: Any, *, engine: bool, raw: bool) -> None:
+    """Record where and how ``scorer``'s pairs ran (its device, dtype, family and ``max_length``; ``settings``'
+    packing and prefix reuse: the scorer's own, or its engine's)."""
+    span.model(
+        device=str(scorer.device),
+        dtype=str(scorer.dtype).removeprefix("torch."),
+        family=scorer.family.value,
+        packed=settings.pack,
+        prefix_reuse=settings.reuse_prefix,
+        max_length=scorer.max_length,
+        engine=engine,
+        raw=raw,
+    )
 
 
 def trace_headers() -> dict[str, str]:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from ..engine import ScoringEngine, ScoringResult
 from ..ranking import rank_by_score
-from ..tracing import TracedDocument, rerank_span
+from ..tracing import TracedDocument, record_model, rerank_span
 
 if TYPE_CHECKING:
     from ..scorer import PixieScorer
@@ -46,17 +46,7 @@ async def traced_scoring(
             )
         result = await score()
         if span.recording:
-            settings = engine.settings
-            span.model(
-                device=str(scorer.device),
-                dtype=str(scorer.dtype).removeprefix("torch."),
-                family=scorer.family.value,
-                packed=settings.pack,
-                prefix_reuse=settings.reuse_prefix,
-                max_length=scorer.max_length,
-                engine=True,
-                raw=raw,
-            )
+            record_model(span, scorer, engine.settings, engine=True, raw=raw)
             span.work(
                 pairs=len(pairs),
                 tokens=result.tokens,
