@@ -29,7 +29,8 @@ try:
     )
 except ImportError as exc:  # an install of the serve extra from before it needed prometheus-client
     raise ImportError(
-        'the server\'s /metrics needs prometheus-client: pip install "pixie-integrations[serve]"'
+        'the server\'s /metrics needs prometheus-client: pip install -e ".[serve]" from a clone '
+        '(once released: pip install "pixie-integrations[serve]")'
     ) from exc
 from starlette.requests import Request
 from starlette.responses import Response
