@@ -101,8 +101,11 @@ def main() -> int:
     for span in finished:
         if span.attributes.get("openinference.span.kind") == "RERANKER":
             describe(span, names)
+    if not args.show_text:
+        print("\n(query and document text are hidden by default: --show-text, or OPENINFERENCE_HIDE_INPUTS=false and")
+        print(" OPENINFERENCE_HIDE_OUTPUTS=false, records them)")
     if args.tiny:
-        print("\n(tiny random model: the scores are noise; the span layout is what a real run records)")
+        print("(tiny random model: the scores are noise; the span layout is what a real run records)")
     return 0
 
 
