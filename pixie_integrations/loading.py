@@ -104,7 +104,7 @@ _registry: weakref.WeakValueDictionary[tuple[Any, ...], LoadedModel] = weakref.W
 _registry_lock = threading.Lock()
 
 
-def _looks_like_path(model: str) -> bool:
+def looks_like_path(model: str) -> bool:
     """A hub id is ``name`` or ``owner/name``; anything else (``./x``, ``/x``, ``a/b/c``, ``C:\\x``) is a path."""
     return model.startswith((".", "/", "~")) or model.count("/") > 1 or "\\" in model or ":" in model
 
@@ -113,7 +113,7 @@ def _load_error(model: str, exc: Exception, stage: str) -> ModelLoadError:
     """An error that names the real cause: a missing checkpoint, no network, or a checkpoint that fails to load."""
     cause = f"{type(exc).__name__}: {exc}"
     local = Path(model).expanduser()
-    if _looks_like_path(model) or local.exists():
+    if looks_like_path(model) or local.exists():
         if not (local / "config.json").is_file():
             return ModelLoadError(
                 f"Model path {model!r} holds no transformers checkpoint: it has no config.json (a checkpoint folder "
@@ -209,7 +209,7 @@ def load_model(
         loaded = _registry.get(key)
         if loaded is not None:
             return loaded
-        if _looks_like_path(model) and not Path(model).exists():
+        if looks_like_path(model) and not Path(model).exists():
             raise ModelLoadError(
                 f"Model path {model!r} does not exist. Point model= at a folder holding a downloaded checkpoint "
                 "(config.json, weights and tokenizer files), or at a Hugging Face Hub id such as "

@@ -1,0 +1,187 @@
+"""The bench's peers: the same checkpoint run by OpenVINO or ONNX Runtime, scored exactly as the model card scores.
+
+Each peer converts the checkpoint's ``Qwen3ForSequenceClassification`` (loaded in float32, the same weights every
+other system loads) in this process: ``openvino.convert_model`` for OpenVINO, ``torch.onnx.export`` to a temporary
+folder for ONNX Runtime. The whole seq-cls model is converted with ``input_ids`` and ``attention_mask`` as inputs
+(batch and sequence dynamic), so the card's padding and its "logit at the last real token" stay inside the graph.
+Pairs are formatted and tokenized as :class:`~pixie_integrations.bench.systems.CardReference` does (plain text pairs,
+padded, in the caller's order), ``batch_size`` pairs per call, and the score is the sigmoid of the one logit.
+Conversion happens in the constructor, so the bench counts it in ``load_s``.
+
+Needs the bench-peers extra: ``pip install "pixie-integrations[bench-peers]"``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import logging
+import os
+import tempfile
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..template import DEFAULT_INSTRUCTION, format_document, format_query
+
+__all__ = ["PEERS", "PeerScorer", "PeerSpec", "missing_peer_modules"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PeerSpec:
+    """One peer configuration: the runtime, how the converted model is changed, and what the runtime computes in."""
+
+    runtime: str
+    """``"openvino"`` or ``"onnxruntime"``."""
+    modules: tuple[str, ...]
+    """Python modules it needs (all in the bench-peers extra)."""
+    precision: str | None = None
+    """OpenVINO ``INFERENCE_PRECISION_HINT`` (``"f32"``, ``"bf16"``); ``None``: the runtime's default for this CPU."""
+    int8: bool = False
+    """Int8 weights: NNCF weight-only compression (OpenVINO) or dynamic quantization (ONNX Runtime)."""
+
+
+PEERS: dict[str, PeerSpec] = {
+    "openvino-fp32": PeerSpec("openvino", ("openvino",), precision="f32"),
+    "openvino-bf16": PeerSpec("openvino", ("openvino",), precision="bf16"),
+    # Int8 weights, activations in the CPU's default inference precision (bf16 where the CPU has bf16 units).
+    "openvino-int8": PeerSpec("openvino", ("openvino", "nncf"), int8=True),
+    "onnxruntime-fp32": PeerSpec("onnxruntime", ("onnxruntime", "onnx", "onnxscript")),
+    "onnxruntime-int8": PeerSpec("onnxruntime", ("onnxruntime", "onnx", "onnxscript"), int8=True),
+}
+DEFAULT_BATCH_SIZE = 4
+"""Pairs per call: what served these runtimes best on CPU when tried with sentence-transformers' backends."""
+
+
+def missing_peer_modules(name: str) -> list[str]:
+    """The modules peer ``name`` needs that are not installed."""
+    return [module for module in PEERS[name].modules if importlib.util.find_spec(module) is None]
+
+
+class PeerScorer:
+    """One checkpoint, converted for a peer runtime, scoring (query, documents) as the card's code does.
+
+    Args:
+        path: Checkpoint folder (a Qwen3 seq-cls model with one logit, and its tokenizer).
+        name: A key of :data:`PEERS`.
+        batch_size: Pairs per call of the runtime.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, name: str, batch_size: int = DEFAULT_BATCH_SIZE) -> None:
+        import torch
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        self.spec = PEERS[name]
+        self.batch_size = batch_size
+        self.tokenizer = AutoTokenizer.from_pretrained(os.fspath(path))
+        model = AutoModelForSequenceClassification.from_pretrained(os.fspath(path), dtype=torch.float32).eval()
+        example = self.tokenizer(
+            [format_query("query")] * 2, [format_document("a document"), "b"], padding=True, return_tensors="pt"
+        )
+        inputs = {"input_ids": example["input_ids"], "attention_mask": example["attention_mask"]}
+        with _quiet(), torch.no_grad():
+            if self.spec.runtime == "openvino":
+                self._run = self._openvino(_logits_module(model), inputs)
+            else:
+                self._run = self._onnxruntime(_logits_module(model), inputs)
+
+    def _openvino(self, module: Any, inputs: dict[str, Any]) -> Any:
+        import openvino
+
+        converted = openvino.convert_model(module, example_input=inputs)
+        if self.spec.int8:
+            import nncf
+
+            with _quiet():  # again: importing nncf set its logger's level
+                converted = nncf.compress_weights(converted)  # int8 asymmetric, per channel: NNCF's default
+        # OpenVINO pins its threads to cores by default, which slows every torch system in the same process 4-6x on
+        # a 2-core machine (measured); unpinned, OpenVINO's own speed is the same.
+        config: dict[str, Any] = {"ENABLE_CPU_PINNING": False}
+        if self.spec.precision:
+            config["INFERENCE_PRECISION_HINT"] = self.spec.precision
+        compiled = openvino.compile_model(converted, "CPU", config)
+        logger.info(
+            "OpenVINO: precision %s, %s threads",
+            compiled.get_property("INFERENCE_PRECISION_HINT"),
+            compiled.get_property("INFERENCE_NUM_THREADS"),
+        )
+        return lambda features: compiled(features)[0]
+
+    def _onnxruntime(self, module: Any, inputs: dict[str, Any]) -> Any:
+        import onnxruntime
+        import torch
+
+        batch, length = torch.export.Dim("batch"), torch.export.Dim("length")
+        with tempfile.TemporaryDirectory(prefix="pixie-bench-onnx-", ignore_cleanup_errors=True) as folder:
+            path = Path(folder) / "model.onnx"
+            torch.onnx.export(
+                module,
+                (),
+                str(path),
+                kwargs=inputs,
+                input_names=list(inputs),
+                output_names=["logits"],
+                dynamic_shapes={key: {0: batch, 1: length} for key in inputs},
+                dynamo=True,
+                external_data=True,  # PIXIE's float32 weights pass protobuf's 2 GB limit
+                verbose=False,
+            )
+            if self.spec.int8:
+                from onnxruntime.quantization import QuantType, quantize_dynamic
+
+                quantized = Path(folder) / "model-int8.onnx"
+                quantize_dynamic(path, quantized, weight_type=QuantType.QInt8, use_external_data_format=True)
+                path = quantized
+            # The session reads the weights into memory now, so the folder can go.
+            session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return lambda features: session.run(None, features)[0]
+
+    def score(self, query: str, documents: Sequence[str], instruction: str | None = None) -> list[float]:
+        """The card's recipe: format each pair, tokenize ``batch_size`` pairs as a padded text pair, sigmoid."""
+        import torch
+
+        text_a = format_query(query, instruction if instruction is not None else DEFAULT_INSTRUCTION)
+        out: list[float] = []
+        for start in range(0, len(documents), self.batch_size):
+            batch = [format_document(d) for d in documents[start : start + self.batch_size]]
+            features = self.tokenizer([text_a] * len(batch), batch, padding=True, truncation=True, return_tensors="np")
+            logits = self._run({"input_ids": features["input_ids"], "attention_mask": features["attention_mask"]})
+            out += [float(s) for s in torch.sigmoid(torch.from_numpy(logits)).reshape(-1).tolist()]
+        return out
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Conversion without its chatter: tracer warnings about Python branches on shapes (the traced mask path is the
+    one every batch takes), torch.onnx's notes on absent torchvision ops, NNCF's statistics table, ONNX Runtime's
+    advice (logged on the root logger) to pre-process before quantizing."""
+    names = ("torch.onnx", "nncf", "")
+    levels = {name: logging.getLogger(name).level for name in names}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for name in names:
+                logging.getLogger(name).setLevel(logging.ERROR)
+            yield
+    finally:
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
+
+
+def _logits_module(model: Any) -> Any:
+    """The seq-cls model as a module of (input_ids, attention_mask) -> logits, with no cache (nothing to convert)."""
+    import torch
+
+    class Logits(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+            return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+
+    return Logits()
