@@ -1,4 +1,4 @@
-"""``pixie-rerank``: the command line (demo, bench, eval, serve)."""
+"""``pixie-rerank``: the command line (demo, bench, eval, quantize, serve)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ __all__ = ["main"]
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
     from .evaluation.cli import register as register_eval
+    from .quantization.cli import register as register_quantize
 
     # Subparsers take the parser's class: every subcommand reports usage errors in one line.
     parser = ArgumentParser(
@@ -33,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     else:
         register_bench(sub)
     register_eval(sub)
+    register_quantize(sub)
     try:
         from .serving.cli import register as register_serve
     except ImportError as exc:  # without the serve extra the command still shows, and says what to install

@@ -58,6 +58,11 @@ class CpuInfo:
         """Native bf16 matrix arithmetic (AMX or AVX512-BF16), where bfloat16 beats float32."""
         return self.cpu_class in (CpuClass.AMX, CpuClass.AVX512_BF16)
 
+    @property
+    def int8_units(self) -> tuple[str, ...]:
+        """Its int8 dot-product instructions (AMX-INT8, AVX512-VNNI, AVX-VNNI; Arm's I8MM and dot product)."""
+        return tuple(f for f in self.flags if f in ("amx_int8", "avx512_vnni", "avx_vnni", "i8mm", "asimddp"))
+
     def as_dict(self) -> dict[str, object]:
         return {
             "model": self.model,

@@ -16,6 +16,13 @@ import torch
 
 from .cpu import cpu_defaults, cpu_info
 from .families import ModelFamily, detect_family
+from .quantization.recipe import (
+    QUANTIZATION_FILE,
+    QuantizedFolder,
+    apply_quantization,
+    int8_fallback_reason,
+    read_quantized_folder,
+)
 
 __all__ = ["LoadedModel", "ModelLoadError", "load_model", "resolve_device", "resolve_dtype"]
 
@@ -160,6 +167,35 @@ def hub_unreachable(timeout: float = 3.0) -> bool:
         return True
 
 
+def _quantization_stamp(model: str) -> int | None:
+    """When a folder's quantization file last changed (part of the load key: adding one makes a new model)."""
+    try:
+        return (Path(model) / QUANTIZATION_FILE).stat().st_mtime_ns
+    except OSError:
+        return None
+
+
+def _quantize_on_load(
+    name: str, hf_model: Any, quantized: QuantizedFolder, device: torch.device, dtype: torch.dtype
+) -> None:
+    """Round a quantized folder's layers to int8 where this machine runs int8; otherwise say what runs instead."""
+    reason = int8_fallback_reason(device)
+    if reason is not None:
+        logger.warning(
+            "%s is an int8 model, but %s: running its float weights in %s instead (the unquantized model's scores, "
+            "at its speed).",
+            name,
+            reason,
+            str(dtype).removeprefix("torch."),
+        )
+        return
+    count = apply_quantization(hf_model, quantized.recipe)
+    kept = ", ".join(quantized.recipe.keep) or "none"
+    logger.info("%s: %d linear layers in int8 (kept in float: %s); %s.", name, count, kept, quantized.summary())
+    if quantized.report.get("gate", {}).get("passed") is False:
+        logger.warning("%s was written with --force although it failed its quality gate: %s", name, quantized.summary())
+
+
 def load_model(
     model: str,
     *,
@@ -204,6 +240,7 @@ def load_model(
         repr(sorted(model_kwargs.items())),
         repr(sorted((tokenizer_kwargs or {}).items())),
         repr(sorted((config_kwargs or {}).items())),
+        _quantization_stamp(model),
     )
     with _registry_lock:
         loaded = _registry.get(key)
@@ -240,14 +277,21 @@ def load_model(
                 if resolved_family is ModelFamily.QWEN3_CAUSAL_LM
                 else AutoModelForSequenceClassification
             )
-            hf_model = auto_cls.from_pretrained(model, config=config, dtype=resolved_dtype, **hub_kwargs, **extra)
+            quantized = read_quantized_folder(model) if Path(model).is_dir() else None
+            # A quantized folder's int8 layers are rounded from its float32 weights: load those, round, then cast.
+            load_dtype = torch.float32 if quantized is not None else resolved_dtype
+            hf_model = auto_cls.from_pretrained(model, config=config, dtype=load_dtype, **hub_kwargs, **extra)
         except ModelLoadError:
             raise
         except (OSError, ValueError) as exc:
             if isinstance(exc, ValueError) and "num_labels" in str(exc):
                 raise
             raise _load_error(model, exc, stage) from exc
+        if quantized is not None:
+            _quantize_on_load(model, hf_model, quantized, resolved_device, resolved_dtype)
         hf_model.to(resolved_device)
+        if quantized is not None:
+            hf_model.to(dtype=resolved_dtype)  # the float layers; int8 weights and their scales stay as they are
         hf_model.eval()
         hf_model.requires_grad_(False)
         loaded = LoadedModel(
