@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer
 
+from pixie_integrations.bench.workloads import calibration_pairs
 from pixie_integrations.benchmark import build_workload, format_table, kendall_tau, run_benchmark
 from pixie_integrations.cli import main
 
@@ -104,3 +105,24 @@ def test_kendall_tau() -> None:
     assert kendall_tau([1, 2, 3, 4], [4, 3, 2, 1]) == -1.0
     assert kendall_tau([1, 2, 3], [1, 3, 2]) == pytest.approx(1 / 3)
     assert kendall_tau([1, 1, 2], [1, 2, 3]) == pytest.approx(2 / (3 * 2) ** 0.5)  # tau-b: ties shrink it
+
+
+def test_calibration_pairs_come_from_queries_the_run_does_not_score(tiny_reranker: Path) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(tiny_reranker)
+    scored = build_workload("beir", tokenizer, queries=2, docs_per_query=5)
+    # A run with more queries starts with the same ones: the queries after them are the workload's, unscored.
+    more = build_workload("beir", tokenizer, queries=4, docs_per_query=5)
+    assert more.queries[:2] == scored.queries and more.documents[:2] == scored.documents
+    calibration = calibration_pairs(tokenizer, scored, 8)
+    assert calibration.scored == 0 and len(calibration.pairs) == 8
+    assert calibration.pairs == [(q, d) for q, docs in zip(more.queries[2:], more.documents[2:]) for d in docs][:8]
+    scored_pairs = {(q, d) for q, docs in zip(scored.queries, scored.documents) for d in docs}
+    assert not scored_pairs & set(calibration.pairs)
+    # The latency workload has one query: nothing is left, so the scored pairs are all it has (and it says so).
+    latency = build_workload("latency", tokenizer, docs_per_query=6)
+    fallback = calibration_pairs(tokenizer, latency, 4)
+    assert fallback.scored == 4 and fallback.pairs == [(latency.queries[0], d) for d in latency.documents[0][:4]]
+    assert fallback.as_dict()["pairs_also_scored"] == 4
+    # Too few left: what is left, then scored pairs.
+    mixed = calibration_pairs(tokenizer, build_workload("beir", tokenizer, queries=19, docs_per_query=3), 5)
+    assert mixed.scored == 2 and len(mixed.pairs) == 5

@@ -85,7 +85,9 @@ def register(subparsers: Any) -> None:
         help="systems to time; the first is the reference. card-fp32, card-bf16 (the model card's code), pixie, "
         "pixie-fp32, pixie-noprefix, pixie-compile, pixie-padded, or pixie:key=value,... for PixieScorer settings "
         f"(e.g. pixie:token_budget=8192,compile=true; settings: {', '.join(SETTINGS)}); the same weights in "
-        f"OpenVINO or ONNX Runtime on CPU: {', '.join(PEER_SYSTEMS)} (batch 4; e.g. openvino-bf16:batch_size=8; "
+        f"OpenVINO or ONNX Runtime on CPU: {', '.join(PEER_SYSTEMS)} (batch 4, openvino-w8a8 1; e.g. "
+        "openvino-bf16:batch_size=8; openvino-w8a8 is static int8 weights and activations, calibrated on 32 of the "
+        "workload's pairs, e.g. openvino-w8a8:calibration_pairs=16; "
         'pip install "pixie-integrations[bench-peers]"). Default: %(default)s',
     )
     parser.add_argument("--device", type=device, help="cpu, cuda, cuda:N or mps (default: the best available)")

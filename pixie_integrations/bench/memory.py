@@ -36,8 +36,17 @@ def peak_rss_mb() -> float:
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB elsewhere
 
 
-def memory_of_system(name: str, path: str, device: str, query: str, documents: list[str]) -> dict[str, float]:
+def memory_of_system(
+    name: str,
+    path: str,
+    device: str,
+    query: str,
+    documents: list[str],
+    calibration: Sequence[tuple[str, str]] = (),
+) -> dict[str, float]:
     """In a fresh process: load one system, score one query, and report that process's peak resident memory.
+
+    A calibrated system calibrates on ``calibration`` as in the timed run, so its calibration counts in the peak.
 
     ``idle_rss_mb`` is the same process before loading (Python, torch and the libraries), so ``peak_rss_mb`` minus
     it is what the system itself (weights, activations, its library's caches) costs.
@@ -52,7 +61,7 @@ def memory_of_system(name: str, path: str, device: str, query: str, documents: l
         for module in PEERS[base].modules:
             importlib.import_module(module)
     idle = rss_mb()
-    score = build_systems([name], path, device)[name]()
+    score = build_systems([name], path, device, calibration=calibration)[name]()
     score(query, documents)
     peak = peak_rss_mb()
     # Peak includes loading (e.g. float32 weights cast to bfloat16); after_query is what stays resident to serve.
@@ -60,7 +69,12 @@ def memory_of_system(name: str, path: str, device: str, query: str, documents: l
 
 
 def measure_memory(
-    names: Sequence[str], path: str, device: str, workload: Workload, progress: Progress | None
+    names: Sequence[str],
+    path: str,
+    device: str,
+    workload: Workload,
+    progress: Progress | None,
+    calibration: Sequence[tuple[str, str]] = (),
 ) -> dict[str, dict[str, float]]:
     """Each system's peak memory in a process of its own (so no system's memory counts against another's)."""
     import multiprocessing
@@ -74,7 +88,13 @@ def measure_memory(
         try:
             with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
                 out[name] = pool.submit(
-                    memory_of_system, name, path, device, workload.queries[0], workload.documents[0]
+                    memory_of_system,
+                    name,
+                    path,
+                    device,
+                    workload.queries[0],
+                    workload.documents[0],
+                    list(calibration),
                 ).result()
         except Exception as exc:  # noqa: BLE001  (a system failing here fails, reported, in the timed run too)
             logger.warning("memory of %s not measured: %s: %s", name, type(exc).__name__, exc)

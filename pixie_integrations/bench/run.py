@@ -13,9 +13,9 @@ from typing import Any
 from ..template import format_document, format_query
 from .memory import measure_memory
 from .report import compare_with_reference, machine_info
-from .systems import build_systems
+from .systems import build_systems, calibration_size
 from .timing import Progress, time_systems
-from .workloads import WORKLOADS, Workload, build_random_model, build_workload
+from .workloads import WORKLOADS, CalibrationPairs, Workload, build_random_model, build_workload, calibration_pairs
 
 __all__ = ["bench_checkpoint", "count_input_tokens", "local_checkpoint", "run_benchmark"]
 
@@ -44,8 +44,10 @@ def run_benchmark(
             ``"tiny"``.
         systems: Which of ``card-fp32``, ``card-bf16`` (the model card's CrossEncoder path), ``pixie`` (defaults),
             ``pixie-fp32``, ``pixie-noprefix``, ``pixie-compile``, ``pixie-padded``, and the peers ``openvino-fp32``,
-            ``openvino-bf16``, ``openvino-int8``, ``onnxruntime-fp32``, ``onnxruntime-int8`` (CPU; their
-            ``batch_size`` default is 4, e.g. ``openvino-bf16:batch_size=8``) to run. The first is the reference for
+            ``openvino-bf16``, ``openvino-int8``, ``openvino-w8a8``, ``onnxruntime-fp32``, ``onnxruntime-int8`` (CPU;
+            their ``batch_size`` default is 4, 1 for ``openvino-w8a8``, e.g. ``openvino-bf16:batch_size=8``;
+            ``openvino-w8a8`` calibrates on ``calibration_pairs`` of the workload's pairs, 32 by default, see
+            :func:`~pixie_integrations.bench.workloads.calibration_pairs`) to run. The first is the reference for
             ratios and score differences.
         device: ``None`` picks cuda, mps, then cpu.
         queries, docs_per_query: Shrink the workload.
@@ -63,14 +65,17 @@ def run_benchmark(
         tokenizer = AutoTokenizer.from_pretrained(path)
         work = build_workload(workload, tokenizer, seed=seed, queries=queries, docs_per_query=docs_per_query)
         input_tokens = count_input_tokens(tokenizer, work)
-        results, scores, failed = _measure(systems, path, device_name, work, repeats, memory, show_progress)
+        calibration = _calibration(systems, tokenizer, work, seed)
+        results, scores, failed = _measure(
+            systems, path, device_name, work, repeats, memory, show_progress, calibration
+        )
         for stats in results.values():
             stats["tokens_per_s"] = input_tokens * repeats / stats["seconds"]
         if not results:
             raise RuntimeError(f"every system failed: {failed}")
         reference = next(iter(results))
         compare_with_reference(results, scores, work, reference)
-        return {
+        result: dict[str, Any] = {
             "workload": {
                 **asdict(WORKLOADS[workload]),
                 # What ran (--queries/--docs cut the workload's own sizes).
@@ -87,22 +92,39 @@ def run_benchmark(
             "systems": results,
             "failed": failed,
         }
+        if calibration is not None:
+            result["calibration"] = calibration.as_dict()
+        return result
+
+
+def _calibration(systems: Sequence[str], tokenizer: Any, work: Workload, seed: int) -> CalibrationPairs | None:
+    """The pairs the calibrated systems (openvino-w8a8) calibrate on, as many as the most any of them takes."""
+    n = calibration_size(systems)
+    return calibration_pairs(tokenizer, work, n, seed=seed) if n else None
 
 
 def _measure(
-    systems: Sequence[str], path: str, device: str, work: Workload, repeats: int, memory: bool, show_progress: bool
+    systems: Sequence[str],
+    path: str,
+    device: str,
+    work: Workload,
+    repeats: int,
+    memory: bool,
+    show_progress: bool,
+    calibration: CalibrationPairs | None,
 ) -> tuple[dict[str, dict[str, Any]], dict[str, list[float]], dict[str, str]]:
     """Each system's memory (in a process of its own) and timed run, under one progress bar.
 
     Returns what :func:`~pixie_integrations.bench.timing.time_systems` does, with each system's memory figures
     added to its stats.
     """
-    factories = build_systems(systems, path, device)  # unknown names and bad settings fail here, before any load
+    pairs = calibration.pairs if calibration is not None else []
+    factories = build_systems(systems, path, device, calibration=pairs)  # bad names and settings fail here, unloaded
     # Steps: each system's memory run, load and warm-up, then one per system and query.
     steps = len(factories) * (2 + int(memory) + len(work.queries) * repeats)
     progress = Progress(steps, enabled=show_progress)
     try:
-        memory_of = measure_memory(list(factories), path, device, work, progress) if memory else {}
+        memory_of = measure_memory(list(factories), path, device, work, progress, pairs) if memory else {}
         results, scores, failed = time_systems(factories, work, device, repeats, progress)
     finally:
         progress.close()

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..template import DEFAULT_INSTRUCTION, format_document, format_query
-from .peers import PEERS, missing_peer_modules
+from .peers import DEFAULT_CALIBRATION_PAIRS, PEERS, missing_peer_modules
 
 __all__ = [
     "CARD_SYSTEMS",
@@ -26,8 +26,10 @@ __all__ = [
     "CardReference",
     "ScoreFn",
     "build_systems",
+    "calibration_size",
     "missing_bench_extra",
     "parse_system",
+    "peer_settings",
     "system_arg",
 ]
 
@@ -104,7 +106,8 @@ CARD_SYSTEMS = ("card-fp32", "card-bf16")
 # OpenVINO and ONNX Runtime on the same weights (their runtimes are imported only when one is asked for).
 PEER_SYSTEMS = tuple(PEERS)
 PEER_SETTINGS = ("batch_size",)
-"""The settings a peer name may carry (``openvino-bf16:batch_size=8``)."""
+"""The settings every peer name may carry (``openvino-bf16:batch_size=8``)."""
+_CALIBRATION_SETTINGS = ("calibration_pairs",)
 PIXIE_PRESETS: dict[str, dict[str, Any]] = {
     "pixie": {},
     "pixie-fp32": {"dtype": "float32"},
@@ -118,6 +121,11 @@ _BOOL_SETTINGS = ("reuse_prefix", "compile", "pack", "trust_remote_code")
 _STR_SETTINGS = ("dtype", "attn_implementation", "family", "revision", "instruction")
 SETTINGS = tuple(sorted(_INT_SETTINGS + _BOOL_SETTINGS + _STR_SETTINGS))
 """The PixieScorer settings a ``pixie``-family name may carry."""
+
+
+def peer_settings(base: str) -> tuple[str, ...]:
+    """The settings peer ``base`` takes: ``batch_size``, and ``calibration_pairs`` for a calibrated one."""
+    return PEER_SETTINGS + (_CALIBRATION_SETTINGS if PEERS[base].static_int8 else ())
 
 
 def parse_system(name: str) -> tuple[str, dict[str, Any]]:
@@ -135,7 +143,7 @@ def parse_system(name: str) -> tuple[str, dict[str, Any]]:
         known = CARD_SYSTEMS + tuple(PIXIE_PRESETS) + PEER_SYSTEMS
         raise ValueError(f"Unknown system {base!r}; choose from {', '.join(known)}")
     settings = dict(PIXIE_PRESETS.get(base, {}))
-    allowed = PEER_SETTINGS if base in PEER_SYSTEMS else SETTINGS
+    allowed = peer_settings(base) if base in PEER_SYSTEMS else SETTINGS
     for item in params.split(",") if colon else []:
         key, equals, value = (part.strip() for part in item.partition("="))
         if key not in allowed or not equals:
@@ -153,7 +161,7 @@ def _setting_value(key: str, value: str) -> Any:
     from ..cli_args import dtype as parse_dtype
     from ..cli_args import positive_int
 
-    if key in _INT_SETTINGS:
+    if key in _INT_SETTINGS + _CALIBRATION_SETTINGS:
         return positive_int(value)
     if key in _BOOL_SETTINGS:
         if value.lower() not in ("true", "false"):
@@ -187,23 +195,38 @@ def _pixie_system(path: str, device: str, **kwargs: Any) -> ScoreFn:
     return lambda query, documents: scorer.score(query, documents)
 
 
-def _peer_system(name: str, path: str, device: str, **settings: Any) -> ScoreFn:
+def _peer_system(name: str, path: str, device: str, calibration: Sequence[tuple[str, str]], **settings: Any) -> ScoreFn:
     """OpenVINO or ONNX Runtime on the same weights (CPU only), scored as the card's code scores."""
     from .peers import PeerScorer
 
     if device != "cpu":
         raise ValueError(f"{name} runs on the CPU only (got --device {device})")
-    return PeerScorer(path, name=name, **settings).score
+    return PeerScorer(path, name=name, calibration=calibration, **settings).score
 
 
-def build_systems(names: Sequence[str], path: str, device: str) -> dict[str, Callable[[], ScoreFn]]:
-    """Factories for named systems; ``pixie:key=value,...`` passes settings to PixieScorer."""
+def calibration_size(names: Sequence[str]) -> int:
+    """The most calibration pairs any of the named systems uses (0: none calibrates)."""
+    sizes = [0]
+    for name in names:
+        base, settings = parse_system(name)
+        if base in PEER_SYSTEMS and PEERS[base].static_int8:
+            sizes.append(settings.get("calibration_pairs", DEFAULT_CALIBRATION_PAIRS))
+    return max(sizes)
+
+
+def build_systems(
+    names: Sequence[str], path: str, device: str, *, calibration: Sequence[tuple[str, str]] = ()
+) -> dict[str, Callable[[], ScoreFn]]:
+    """Factories for named systems; ``pixie:key=value,...`` passes settings to PixieScorer.
+
+    ``calibration``: (query, document) pairs a calibrated peer calibrates on (the first ``calibration_pairs``).
+    """
     factories: dict[str, Callable[[], ScoreFn]] = {}
     for name in names:
         base, settings = parse_system(name)
         if base in PEER_SYSTEMS:
             factories[name] = lambda base=base, settings=settings: _peer_system(  # type: ignore[misc]
-                base, path, device, **settings
+                base, path, device, calibration, **settings
             )
         elif base in CARD_SYSTEMS:
             dtype = "float32" if base == "card-fp32" else "bfloat16"

@@ -9,7 +9,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["SHAPES", "WORDS", "WORKLOADS", "Workload", "WorkloadSpec", "build_random_model", "build_workload"]
+__all__ = [
+    "SHAPES",
+    "WORDS",
+    "WORKLOADS",
+    "CalibrationPairs",
+    "Workload",
+    "WorkloadSpec",
+    "build_random_model",
+    "build_workload",
+    "calibration_pairs",
+]
 
 
 @dataclass(frozen=True)
@@ -158,6 +168,46 @@ def build_workload(
         workload.documents.append([_text_of_tokens(tokenizer, rng, n) for n in lengths])
         workload.doc_tokens.append(lengths)
     return workload
+
+
+@dataclass
+class CalibrationPairs:
+    """(query, document) pairs a calibrated system calibrates on, and how many of them the bench also scores."""
+
+    pairs: list[tuple[str, str]]
+    scored: int
+    """How many of ``pairs`` (the last ones) are pairs the bench scores: 0 unless the workload ran out of queries."""
+
+    def as_dict(self) -> dict[str, Any]:
+        unscored = len(self.pairs) - self.scored
+        return {
+            "pairs": len(self.pairs),
+            "pairs_also_scored": self.scored,
+            "source": (
+                f"{unscored} pairs of workload queries after the scored ones (same generator and seed, not scored)"
+                + (f", then {self.scored} of the scored pairs" if self.scored else "")
+            ),
+        }
+
+
+def calibration_pairs(tokenizer: Any, scored: Workload, n: int, *, seed: int = 0) -> CalibrationPairs:
+    """``n`` pairs of ``scored``'s workload to calibrate on, the ones the bench does not score first.
+
+    A workload cut to fewer queries than its spec has (``--queries``, ``--preset cpu``) has queries left: those come
+    from the same generator with the same seed (a run with more queries starts with the same ones), one query's
+    documents after another. When there are too few, the scored pairs fill up the rest; calibrating on the pairs a
+    system is then scored on flatters it.
+    """
+    docs_per_query = len(scored.documents[0])
+    used = len(scored.queries)
+    left = WORKLOADS[scored.name].queries - used
+    extra = min(left, math.ceil(n / docs_per_query))
+    pairs: list[tuple[str, str]] = []
+    if extra > 0:
+        more = build_workload(scored.name, tokenizer, seed=seed, queries=used + extra, docs_per_query=docs_per_query)
+        pairs = [(q, d) for q, docs in zip(more.queries[used:], more.documents[used:]) for d in docs][:n]
+    also_scored = [(q, d) for q, docs in zip(scored.queries, scored.documents) for d in docs][: n - len(pairs)]
+    return CalibrationPairs(pairs=pairs + also_scored, scored=len(also_scored))
 
 
 def build_random_model(shape: str, path: str | os.PathLike[str], *, seed: int = 0) -> Path:
