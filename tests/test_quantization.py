@@ -295,3 +295,65 @@ def test_cli_refuses_an_output_folder_that_is_not_empty(
 ) -> None:
     assert main(["quantize", "--model", str(model), "--data", str(data), "--output", str(int8_folder)]) == 2
     assert "not empty" in capsys.readouterr().err
+
+
+# -- everywhere a model loads ------------------------------------------------------------------------------------------
+QUERY = "서울 여행"
+DOCS = ["서울 지하철 여행 날씨", "apple river", "검색 모델 한국어 데이터 retrieval", "부산 맛집"]
+
+
+def test_the_three_adapters_rerank_with_the_int8_folder(int8_folder: Path) -> None:
+    pytest.importorskip("langchain_core")
+    pytest.importorskip("llama_index.core")
+    pytest.importorskip("haystack")
+    from haystack import Document as HaystackDocument
+    from langchain_core.documents import Document
+    from llama_index.core.schema import NodeWithScore, TextNode
+
+    from pixie_integrations.haystack import PixieRanker
+    from pixie_integrations.langchain import PixieRerank as LangChainRerank
+    from pixie_integrations.llama_index import PixieRerank as LlamaIndexRerank
+
+    want = PixieScorer(int8_folder, device="cpu").score(QUERY, DOCS)
+    best = max(range(len(DOCS)), key=lambda i: want[i])
+    lc = LangChainRerank(model=str(int8_folder), top_n=2, device="cpu")
+    out = lc.compress_documents([Document(page_content=d) for d in DOCS], QUERY)
+    assert out[0].page_content == DOCS[best]
+    assert out[0].metadata["relevance_score"] == pytest.approx(want[best], abs=1e-6)
+    li = LlamaIndexRerank(model=str(int8_folder), top_n=2, device="cpu")
+    nodes = li.postprocess_nodes([NodeWithScore(node=TextNode(text=d), score=0.0) for d in DOCS], query_str=QUERY)
+    assert nodes[0].node.get_content() == DOCS[best] and nodes[0].score == pytest.approx(want[best], abs=1e-6)
+    ranker = PixieRanker(model=str(int8_folder), top_k=2)
+    ranker.warm_up()
+    docs = ranker.run(query=QUERY, documents=[HaystackDocument(content=d) for d in DOCS])["documents"]
+    assert docs[0].content == DOCS[best] and docs[0].score == pytest.approx(want[best], abs=1e-6)
+
+
+def test_the_server_serves_the_int8_folder(int8_folder: Path) -> None:
+    httpx = pytest.importorskip("httpx")
+    from pixie_integrations.serving import create_app, serve_in_thread
+
+    scorer = PixieScorer(int8_folder, device="cpu")
+    want = scorer.score(QUERY, DOCS)
+    with serve_in_thread(create_app(scorer), start_timeout=60) as url:
+        body = httpx.post(f"{url}/v1/rerank", json={"query": QUERY, "documents": DOCS}, timeout=60).json()
+    got = {r["index"]: r["relevance_score"] for r in body["results"]}
+    assert [got[i] for i in range(len(DOCS))] == pytest.approx(want, abs=1e-6)
+
+
+def test_bench_times_an_int8_folder_and_builds_its_own(int8_folder: Path, tmp_path: Path) -> None:
+    from pixie_integrations.benchmark import run_benchmark
+
+    result = run_benchmark(
+        workload="latency", model=str(int8_folder), systems=("pixie-fp32", "pixie"), device="cpu",
+        docs_per_query=6, show_progress=False, memory=False,
+    )
+    assert result["failed"] == {} and result["systems"]["pixie"]["pairs_per_s"] > 0
+    built = run_benchmark(
+        workload="beir", shape="tiny", systems=("pixie-fp32", "pixie-int8:calibration_pairs=8"), device="cpu",
+        queries=2, docs_per_query=6, show_progress=False, model_dir=tmp_path / "tiny", memory=False,
+    )
+    assert built["failed"] == {}
+    int8 = built["systems"]["pixie-int8:calibration_pairs=8"]
+    assert int8["pairs_per_s"] > 0 and int8["kendall_tau_vs_pixie-fp32"] > 0.5
+    assert built["calibration"]["pairs"] == 8

@@ -83,7 +83,8 @@ def register(subparsers: Any) -> None:
         type=system_arg,
         default=["card-fp32", "card-bf16", "pixie"],
         help="systems to time; the first is the reference. card-fp32, card-bf16 (the model card's code), pixie, "
-        "pixie-fp32, pixie-noprefix, pixie-compile, pixie-padded, or pixie:key=value,... for PixieScorer settings "
+        "pixie-fp32, pixie-noprefix, pixie-compile, pixie-padded, pixie-int8 (pixie-rerank quantize's int8 recipe, "
+        "calibrated here on 32 of the workload's pairs, no gate), or pixie:key=value,... for PixieScorer settings "
         f"(e.g. pixie:token_budget=8192,compile=true; settings: {', '.join(SETTINGS)}); the same weights in "
         f"OpenVINO or ONNX Runtime on CPU: {', '.join(PEER_SYSTEMS)} (batch 4, openvino-w8a8 1; e.g. "
         "openvino-bf16:batch_size=8; openvino-w8a8 is static int8 weights and activations, calibrated on 32 of the "

@@ -19,6 +19,7 @@ from .peers import DEFAULT_CALIBRATION_PAIRS, PEERS, missing_peer_modules
 
 __all__ = [
     "CARD_SYSTEMS",
+    "INT8_SYSTEMS",
     "PEER_SETTINGS",
     "PEER_SYSTEMS",
     "PIXIE_PRESETS",
@@ -123,6 +124,11 @@ SETTINGS = tuple(sorted(_INT_SETTINGS + _BOOL_SETTINGS + _STR_SETTINGS))
 """The PixieScorer settings a ``pixie``-family name may carry."""
 
 
+INT8_SYSTEMS = ("pixie-int8",)
+"""PixieScorer on an int8 folder that ``pixie-rerank quantize``'s recipe builds in the bench's process, calibrated on
+the workload's calibration pairs (no quality gate: random weights cannot pass or fail one meaningfully)."""
+
+
 def peer_settings(base: str) -> tuple[str, ...]:
     """The settings peer ``base`` takes: ``batch_size``, and ``calibration_pairs`` for a calibrated one."""
     return PEER_SETTINGS + (_CALIBRATION_SETTINGS if PEERS[base].static_int8 else ())
@@ -139,11 +145,13 @@ def parse_system(name: str) -> tuple[str, dict[str, Any]]:
         if colon:
             raise ValueError(f"{base} is the model card's code as is and takes no settings (got {name!r})")
         return base, {}
-    if base not in PIXIE_PRESETS and base not in PEER_SYSTEMS:
-        known = CARD_SYSTEMS + tuple(PIXIE_PRESETS) + PEER_SYSTEMS
+    if base not in PIXIE_PRESETS and base not in PEER_SYSTEMS and base not in INT8_SYSTEMS:
+        known = CARD_SYSTEMS + tuple(PIXIE_PRESETS) + INT8_SYSTEMS + PEER_SYSTEMS
         raise ValueError(f"Unknown system {base!r}; choose from {', '.join(known)}")
     settings = dict(PIXIE_PRESETS.get(base, {}))
     allowed = peer_settings(base) if base in PEER_SYSTEMS else SETTINGS
+    if base in INT8_SYSTEMS:
+        allowed = tuple(sorted(SETTINGS + _CALIBRATION_SETTINGS))
     for item in params.split(",") if colon else []:
         key, equals, value = (part.strip() for part in item.partition("="))
         if key not in allowed or not equals:
@@ -195,6 +203,40 @@ def _pixie_system(path: str, device: str, **kwargs: Any) -> ScoreFn:
     return lambda query, documents: scorer.score(query, documents)
 
 
+def _pixie_int8_system(
+    path: str,
+    device: str,
+    calibration: Sequence[tuple[str, str]],
+    *,
+    calibration_pairs: int = DEFAULT_CALIBRATION_PAIRS,
+    **kwargs: Any,
+) -> ScoreFn:
+    """The quantize command's recipe (SmoothQuant, sensitivity pass, int8 GEMMs) built here, then PixieScorer on it."""
+    import tempfile
+
+    from ..quantization import build_int8_folder
+    from ..scorer import PixieScorer
+
+    if device != "cpu":
+        raise ValueError(f"pixie-int8 runs on the CPU only (got --device {device})")
+    by_query: dict[str, list[str]] = {}
+    for query, document in list(calibration)[:calibration_pairs]:
+        by_query.setdefault(query, []).append(document)
+    with tempfile.TemporaryDirectory(prefix="pixie-bench-int8-") as folder:
+        recipe, _ = build_int8_folder(
+            path,
+            list(by_query.items()),
+            folder,
+            sensitivity_pairs=8,
+            show_progress=False,
+            max_length=kwargs.get("max_length"),
+            instruction=kwargs.get("instruction", DEFAULT_INSTRUCTION),
+        )
+        scorer = PixieScorer(folder, device=device, show_progress_bar=False, **kwargs)  # in memory once loaded
+    logger.info("%s (int8; kept in float: %s)", scorer, ", ".join(recipe.keep) or "none")
+    return lambda query, documents: scorer.score(query, documents)
+
+
 def _peer_system(name: str, path: str, device: str, calibration: Sequence[tuple[str, str]], **settings: Any) -> ScoreFn:
     """OpenVINO or ONNX Runtime on the same weights (CPU only), scored as the card's code scores."""
     from .peers import PeerScorer
@@ -209,7 +251,7 @@ def calibration_size(names: Sequence[str]) -> int:
     sizes = [0]
     for name in names:
         base, settings = parse_system(name)
-        if base in PEER_SYSTEMS and PEERS[base].static_int8:
+        if (base in PEER_SYSTEMS and PEERS[base].static_int8) or base in INT8_SYSTEMS:
             sizes.append(settings.get("calibration_pairs", DEFAULT_CALIBRATION_PAIRS))
     return max(sizes)
 
@@ -227,6 +269,10 @@ def build_systems(
         if base in PEER_SYSTEMS:
             factories[name] = lambda base=base, settings=settings: _peer_system(  # type: ignore[misc]
                 base, path, device, calibration, **settings
+            )
+        elif base in INT8_SYSTEMS:
+            factories[name] = lambda settings=settings: _pixie_int8_system(  # type: ignore[misc]
+                path, device, calibration, **settings
             )
         elif base in CARD_SYSTEMS:
             dtype = "float32" if base == "card-fp32" else "bfloat16"
