@@ -32,10 +32,7 @@ from pixie_integrations.testing import build_tiny_reranker
 pytest.importorskip("pytrec_eval")
 pytest.importorskip("scipy")
 
-WORDS = (
-    "서울 부산 날씨 맛집 검색 문서 모델 데이터 지하철 여행 apple river search model ranking city weather food train "
-    "museum history 한국어 영어 retrieval korean"
-).split()
+WORDS = ["서울", "부산", "날씨", "맛집", "검색", "문서", "모델", "데이터", "지하철", "여행", "apple", "river", "search", "model", "ranking", "city", "weather", "food", "train", "museum", "history", "한국어", "영어", "retrieval", "korean"]
 
 # The tiny model's scores sit close together, so the check is held to ranking agreement only (NDCG on random
 # judgments of near-equal scores measures noise); tests of NDCG use data with judgments explicitly.
@@ -357,3 +354,8 @@ def test_bench_times_an_int8_folder_and_builds_its_own(int8_folder: Path, tmp_pa
     int8 = built["systems"]["pixie-int8:calibration_pairs=8"]
     assert int8["pairs_per_s"] > 0 and int8["kendall_tau_vs_pixie-fp32"] > 0.5
     assert built["calibration"]["pairs"] == 8
+
+
+def test_the_example_runs_offline(run_example) -> None:
+    result = run_example("quantize.py", "--tiny", timeout=600)
+    assert "Kendall tau per query" in result.stdout and "written to" in result.stdout
