@@ -359,3 +359,18 @@ def test_bench_times_an_int8_folder_and_builds_its_own(int8_folder: Path, tmp_pa
 def test_the_example_runs_offline(run_example) -> None:
     result = run_example("quantize.py", "--tiny", timeout=600)
     assert "Kendall tau per query" in result.stdout and "written to" in result.stdout
+
+
+def test_ray_data_scores_with_the_int8_folder(ray_cluster: None, int8_folder: Path) -> None:
+    import ray.data
+
+    from pixie_integrations.ray import rerank_dataset
+
+    rows = [{"id": i, "query": QUERY, "document": DOCS[i % len(DOCS)]} for i in range(12)]
+    scored = rerank_dataset(
+        ray.data.from_items(rows), int8_folder, document_column="document", concurrency=1, num_cpus=1,
+        rows_per_batch=12, device="cpu",
+    )
+    got = [row["score"] for row in sorted(scored.take_all(), key=lambda row: row["id"])]
+    want = PixieScorer(int8_folder, device="cpu").score_pairs([(r["query"], r["document"]) for r in rows])
+    assert got == pytest.approx(want, abs=1e-5)
