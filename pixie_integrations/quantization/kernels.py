@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["Int8Linear", "WeightScheme", "quantize_weight"]
+__all__ = ["Int8Linear", "WeightScheme", "prepare_kernels", "quantize_weight"]
 
 logger = logging.getLogger(__name__)
 
@@ -97,6 +97,11 @@ class _Fused:
 
 
 _FUSED = _Fused()
+
+
+def prepare_kernels() -> None:
+    """Compile the fused quantize step now (once per process), so that the first batch does not wait for it."""
+    _FUSED.forms()
 
 
 def _onednn_available() -> bool:

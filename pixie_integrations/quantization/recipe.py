@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from ..cpu import cpu_info
-from .kernels import Int8Linear, WeightScheme, quantize_weight
+from .kernels import Int8Linear, WeightScheme, prepare_kernels, quantize_weight
 
 __all__ = [
     "QUANTIZATION_FILE",
@@ -123,6 +123,8 @@ def apply_quantization(model: Any, recipe: QuantizationRecipe, *, fused: bool = 
     layers = quantizable_linears(model, recipe)
     for _, parent, attr, linear in layers:
         setattr(parent, attr, Int8Linear(linear, scheme, fused=fused))
+    if layers and fused:
+        prepare_kernels()
     head = getattr(model, "score", None)
     if recipe.include_head and isinstance(head, torch.nn.Linear):
         # The scorer computes the head itself from its float weight, so the head is rounded in place (its values
