@@ -160,8 +160,7 @@ class PeerScorer:
         parameters = nncf.AdvancedQuantizationParameters(
             smooth_quant_alphas=nncf.AdvancedSmoothQuantParameters(matmul=0.95)
         )
-        # NNCF draws its progress bars on stdout, where the bench prints its table: they go to stderr instead.
-        with _quiet(), contextlib.redirect_stdout(sys.stderr):
+        with _quiet():  # again: importing nncf set its logger's level
             return nncf.quantize(
                 converted,
                 nncf.Dataset(samples),
@@ -223,11 +222,12 @@ class PeerScorer:
 def _quiet() -> Iterator[None]:
     """Conversion without its chatter: tracer warnings about Python branches on shapes (the traced mask path is the
     one every batch takes), torch.onnx's notes on absent torchvision ops, NNCF's statistics table, ONNX Runtime's
-    advice (logged on the root logger) to pre-process before quantizing."""
+    advice (logged on the root logger) to pre-process before quantizing. NNCF's progress bars stay, on stderr: it
+    draws them on stdout, where the bench prints its table."""
     names = ("torch.onnx", "nncf", "")
     levels = {name: logging.getLogger(name).level for name in names}
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), contextlib.redirect_stdout(sys.stderr):
             warnings.simplefilter("ignore")
             for name in names:
                 logging.getLogger(name).setLevel(logging.ERROR)
