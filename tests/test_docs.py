@@ -226,6 +226,8 @@ _IO_NAMES = {
     "results.md",
     "results.json",
     "ndcg.png",
+    "pairs.jsonl",  # quantize --data: the user's own pairs
+    "pixie_quantization.json",  # what quantize writes into the int8 folder
 }
 _FILE_REFERENCE = re.compile(
     r"(?<![\w/.-])((?:[\w.<>-]+/)*[\w<>-]+\.(?:md|py|sh|txt|toml|ipynb|rst|json|jsonl|trec))\b"
