@@ -2,7 +2,8 @@
 
 The core is framework-free: ``from pixie_integrations import PixieScorer``. The adapters live in
 ``pixie_integrations.langchain``, ``pixie_integrations.llama_index`` and ``pixie_integrations.haystack`` and need
-their extras (``pip install "pixie-integrations[langchain]"`` and so on). ``pixie_integrations.serving`` serves the
+their extras, each of which pulls the framework's own distribution (``langchain-pixie``,
+``llama-index-postprocessor-pixie-rerank``, ``pixie-haystack``; :mod:`pixie_integrations.install` says how). ``pixie_integrations.serving`` serves the
 scorer over HTTP and holds ``RemoteScorer``, a client the LangChain and LlamaIndex adapters take as their ``scorer``
 (anything satisfying :class:`Scorer` does).
 """

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .cli_args import EXIT_INTERRUPTED, ArgumentParser, add_device_dtype, fail
+from .install import install_hint
 
 __all__ = ["main"]
 
@@ -46,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _register_missing(subparsers: Any, name: str, help_text: str, error: ImportError) -> None:
     def run(args: argparse.Namespace) -> int:
-        return fail(f'{error}; pip install "pixie-integrations[{name}]"')
+        return fail(f"{error}; {install_hint(name)}")
 
     # No option prefix: every argument (--model ..., --help) lands in `ignored`, so any call reaches `run`.
     parser = subparsers.add_parser(name, help=f"{help_text} (not installed)", add_help=False, prefix_chars="\0")

@@ -27,8 +27,10 @@ try:
     from haystack.utils import ComponentDevice, Secret
     from haystack.utils.hf import deserialize_hf_model_kwargs, serialize_hf_model_kwargs
 except ImportError as exc:  # pragma: no cover - exercised only without the extra installed
+    from .install import install_hint
+
     raise ImportError(
-        f'PixieRanker needs Haystack: pip install "pixie-integrations[haystack]" (importing haystack failed: {exc})'
+        f"PixieRanker needs Haystack: {install_hint('haystack')} (importing haystack failed: {exc})"
     ) from exc
 
 import torch
@@ -74,6 +76,8 @@ _REFERENCE_TYPE = (
     "haystack_integrations.components.rankers.sentence_transformers.sentence_transformers_similarity."
     "SentenceTransformersSimilarityRanker"
 )
+# The type pipelines saved before the class moved to Haystack's integration namespace carry; from_dict takes it.
+LEGACY_TYPE = "pixie_integrations.haystack.PixieRanker"
 # The reference ranker's `backend` values; the model runs on PyTorch (transformers) here.
 _BACKENDS = ("torch",)
 
@@ -484,7 +488,7 @@ class PixieRanker:
     def from_dict(cls, data: dict[str, Any]) -> "PixieRanker":
         """Rebuild the component from :meth:`to_dict`'s output, or from a dict ``SentenceTransformersSimilarityRanker``
         saved (its type is taken as this class's). The caller's dict is left unchanged."""
-        if data.get("type") == _REFERENCE_TYPE:
+        if data.get("type") in (_REFERENCE_TYPE, LEGACY_TYPE):
             data = {**data, "type": generate_qualified_class_name(cls)}
         params = dict(data.get("init_parameters", {}))
         if params.get("model_kwargs") is not None:
@@ -659,3 +663,22 @@ class PixieRanker:
         if score_threshold is not None:
             ranked = [(score, doc) for score, doc in ranked if score >= score_threshold]
         return [dataclasses.replace(doc, score=float(score)) for score, doc in ranked[:top_k]]
+
+
+def _load_legacy_type() -> None:
+    """Let pipelines saved under :data:`LEGACY_TYPE` load: Haystack finds a saved type in its component registry,
+    and only imports a module its allow-list trusts.
+
+    The registry gets the old name too. The allow-list gets this module, which defines no other component or class,
+    so that such pipelines load with Haystack's default allow-list in any process that imported the ranker; a
+    process that did not needs ``allowed_modules=["pixie_integrations"]`` (or ``HAYSTACK_DESERIALIZATION_ALLOWLIST``).
+    """
+    component.registry.setdefault(LEGACY_TYPE, PixieRanker)
+    try:
+        from haystack.core.serialization import allow_deserialization_module
+    except ImportError:  # a Haystack from before the allow-list: every module loads
+        return
+    allow_deserialization_module(__name__)
+
+
+_load_legacy_type()

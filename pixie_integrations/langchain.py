@@ -5,7 +5,7 @@
     reranker = PixieRerank(top_n=3)
     retriever = ContextualCompressionRetriever(base_compressor=reranker, base_retriever=vectorstore.as_retriever())
 
-Needs ``pip install "pixie-integrations[langchain]"``.
+Needs the ``langchain`` extra (``pip install langchain-pixie`` once released; see :mod:`pixie_integrations.install`).
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ try:
     from langchain_core.load.serializable import to_json_not_implemented
     from pydantic import ConfigDict, Field, PrivateAttr, field_validator, model_validator
 except ImportError as exc:  # pragma: no cover - exercised by a test that hides langchain_core
-    raise ImportError(
-        'pixie_integrations.langchain needs langchain-core: pip install "pixie-integrations[langchain]"'
-    ) from exc
+    from .install import install_hint
+
+    raise ImportError(f"pixie_integrations.langchain needs langchain-core: {install_hint('langchain')}") from exc
 
 import torch
 

@@ -30,9 +30,9 @@ try:
     from llama_index.core.postprocessor.types import BaseNodePostprocessor
     from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
 except ImportError as exc:  # pragma: no cover - exercised only without the extra installed
-    raise ImportError(
-        'pixie_integrations.llama_index needs LlamaIndex: pip install "pixie-integrations[llama-index]"'
-    ) from exc
+    from .install import install_hint
+
+    raise ImportError(f"pixie_integrations.llama_index needs LlamaIndex: {install_hint('llama-index')}") from exc
 
 import torch
 

@@ -426,6 +426,67 @@ def test_pipeline_survives_dumps_and_loads_with_the_allowlist(
     assert [d.id for d in with_old_allowlist.run(_inputs())["ranker"]["documents"]] == [d.id for d in before]
 
 
+_LEGACY_TYPE = "pixie_integrations.haystack.PixieRanker"  # what earlier versions saved
+
+
+def _load_in_a_fresh_process(saved: Path, first: str, load: str, **env: str) -> subprocess.CompletedProcess[str]:
+    code = f"""
+{first}
+from haystack import Document, Pipeline
+p = {load.format(yaml=f"open({str(saved)!r}).read()")}
+docs = [Document(content="Berlin is in Germany"), Document(content="Paris is in France")]
+print(len(p.run({{"ranker": {{"query": "German city", "documents": docs}}}})["ranker"]["documents"]))
+print("haystack_integrations.components.rankers.pixie.PixieRanker" in p.dumps())
+"""
+    clean = {k: v for k, v in os.environ.items() if k != "HAYSTACK_DESERIALIZATION_ALLOWLIST"}
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=False, timeout=120, env={**clean, **env}
+    )
+
+
+@pytest.mark.parametrize(
+    ("first", "load", "env"),
+    [
+        ("", "Pipeline.loads({yaml}, allowed_modules=['pixie_integrations'])", {}),
+        ("", "Pipeline.loads({yaml})", {"HAYSTACK_DESERIALIZATION_ALLOWLIST": "pixie_integrations.*"}),
+        # The default allow-list, in a process that imported the ranker (as one that builds pipelines has).
+        ("import haystack_integrations.components.rankers.pixie", "Pipeline.loads({yaml})", {}),
+        ("from pixie_integrations.haystack import PixieRanker", "Pipeline.loads({yaml})", {}),
+    ],
+    ids=["allowed_modules", "env-allowlist", "default-after-import", "default-after-core-import"],
+)
+def test_pipelines_saved_under_the_old_type_still_load(
+    first: str, load: str, env: dict[str, str], tiny_reranker: Path, tmp_path: Path
+) -> None:
+    p = Pipeline()
+    p.add_component("ranker", PixieRanker(model=str(tiny_reranker), device=ComponentDevice.from_str("cpu"), top_k=1))
+    saved = tmp_path / "old.yaml"
+    saved.write_text(p.dumps().replace("haystack_integrations.components.rankers.pixie.PixieRanker", _LEGACY_TYPE))
+    assert _LEGACY_TYPE in saved.read_text()
+    result = _load_in_a_fresh_process(saved, first, load, **env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split() == ["1", "True"]  # it runs, and saves again under the new type
+
+
+def test_old_type_in_a_process_that_never_imported_the_ranker_says_what_to_allow(
+    tiny_reranker: Path, tmp_path: Path
+) -> None:
+    # Haystack checks its allow-list before importing anything: the documented way is allowed_modules.
+    saved = tmp_path / "old.yaml"
+    data = PixieRanker(model=str(tiny_reranker)).to_dict()
+    p = Pipeline.from_dict({"components": {"ranker": {**data}}, "connections": []})
+    saved.write_text(p.dumps().replace("haystack_integrations.components.rankers.pixie.PixieRanker", _LEGACY_TYPE))
+    result = _load_in_a_fresh_process(saved, "", "Pipeline.loads({yaml})")
+    assert result.returncode != 0
+    assert "allowed_modules=['pixie_integrations.haystack']" in result.stderr
+
+
+def test_from_dict_takes_the_old_type(tiny_reranker: Path) -> None:
+    data = {**PixieRanker(model=str(tiny_reranker), top_k=2).to_dict(), "type": _LEGACY_TYPE}
+    restored = PixieRanker.from_dict(data)
+    assert restored.top_k == 2 and data["type"] == _LEGACY_TYPE  # the caller's dict is left as it was
+
+
 def test_a_token_value_refuses_to_serialize(cpu_kwargs: dict[str, Any], docs: list[Document]) -> None:
     kwargs = {**cpu_kwargs, "token": Secret.from_token("hf_plain_value")}
     with pytest.raises(ValueError, match="Cannot serialize token-based secret"):

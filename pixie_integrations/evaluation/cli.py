@@ -8,6 +8,7 @@ import os
 from typing import Any
 
 from ..cli_args import EXIT_INTERRUPTED, add_device_dtype, fail, positive_int
+from ..install import install_hint
 
 __all__ = ["register"]
 
@@ -133,7 +134,7 @@ def register(subparsers: Any) -> None:
         "--ray",
         action="store_true",
         help="score on Ray Data (the local Ray instance, or the cluster RAY_ADDRESS names): an actor pool, one "
-        'model per actor, for corpora too large for one process; same metrics (pip install "pixie-integrations[ray]")',
+        f"model per actor, for corpora too large for one process; same metrics ({install_hint('ray')})",
     )
     parser.set_defaults(func=_run)
 
@@ -147,7 +148,7 @@ def _run(args: argparse.Namespace) -> int:
         from .data import DataError
         from .runner import evaluate, evaluate_suite
     except ImportError as exc:
-        return fail(f'{exc}; pip install "pixie-integrations[eval]"')
+        return fail(f"{exc}; {install_hint('eval')}")
     options: dict[str, Any] = {
         "split": args.split,
         "candidates": args.candidates,

@@ -297,7 +297,9 @@ def _import_bm25s() -> Any:
         import bm25s
         import bm25s.tokenization  # the Tokenizer lives in a submodule
     except ImportError as exc:
-        raise ImportError('The BM25 first stage needs bm25s: pip install "pixie-integrations[eval]"') from exc
+        from ..install import install_hint
+
+        raise ImportError(f"The BM25 first stage needs bm25s: {install_hint('eval')}") from exc
     # bm25s sets its own logger to DEBUG on import, which prints index-building chatter under any app config;
     # hand the level back to the application's logging setup.
     bm25s_logger = logging.getLogger("bm25s")

@@ -100,7 +100,9 @@ def _import_pytrec_eval() -> Any:
     try:
         import pytrec_eval
     except ImportError as exc:
+        from ..install import install_hint
+
         raise ImportError(
-            'Evaluation needs pytrec_eval (package pytrec-eval-terrier): pip install "pixie-integrations[eval]"'
+            f"Evaluation needs pytrec_eval (package pytrec-eval-terrier): {install_hint('eval')}"
         ) from exc
     return pytrec_eval

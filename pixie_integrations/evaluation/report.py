@@ -63,7 +63,9 @@ def plot_ndcg(
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError as exc:
-        raise ImportError('The NDCG chart needs matplotlib: pip install "pixie-integrations[eval]"') from exc
+        from ..install import install_hint
+
+        raise ImportError(f"The NDCG chart needs matplotlib: {install_hint('eval')}") from exc
     ks = sorted({k for row in rows for k in row.ndcg})
     figure = Figure(figsize=(7.5, 4.5), dpi=150)
     FigureCanvasAgg(figure)

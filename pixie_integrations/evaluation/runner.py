@@ -634,7 +634,9 @@ def _score_pairs_on_ray(
 
         from ..ray.data import rerank_dataset
     except ImportError as exc:
-        raise ImportError('engine="ray" needs Ray: pip install "pixie-integrations[ray]"') from exc
+        from ..install import install_hint
+
+        raise ImportError(f'engine="ray" needs Ray: {install_hint("ray")}') from exc
     options = {"rows_per_batch": 1024, **ray_options}
     rows = [{"i": i, "query": q, "document": d} for i, (q, d) in enumerate(pairs)]
     scored = rerank_dataset(

@@ -6,7 +6,7 @@
 - :class:`PixieBatchScorer` / :func:`rerank_dataset`: a callable class for ``Dataset.map_batches`` on an actor pool
   that adds scores (and ranks) to rows of (query, candidates) or (query, document), keeping every input column.
 
-Needs ``pip install "pixie-integrations[ray]"``. See docs/scaling.md.
+Needs the ``ray`` extra (:func:`pixie_integrations.install.install_hint` says how). See docs/scaling.md.
 """
 
 from __future__ import annotations
@@ -15,10 +15,11 @@ import importlib.util
 from typing import TYPE_CHECKING
 
 from .._lazy import lazy_exports
+from ..install import install_hint
 
 # Checked, not imported: importing Ray starts nothing, but it is slow; the names below load it when first used.
 if importlib.util.find_spec("ray") is None:
-    raise ImportError('pixie_integrations.ray needs Ray: pip install "pixie-integrations[ray]"')
+    raise ImportError(f"pixie_integrations.ray needs Ray: {install_hint('ray')}")
 
 if TYPE_CHECKING:
     from .data import PixieBatchScorer, rerank_dataset

@@ -8,7 +8,7 @@
   (``api="vllm"``), or TEI and Infinity for encoder cross-encoders (``api="tei"``, ``api="infinity"``). The LangChain
   and LlamaIndex ``PixieRerank`` take it as ``scorer=``.
 
-Needs ``pip install "pixie-integrations[serve]"``. See docs/serving.md.
+Needs the ``serve`` extra (:func:`pixie_integrations.install.install_hint` says how). See docs/serving.md.
 """
 
 from __future__ import annotations
@@ -17,13 +17,12 @@ import importlib.util
 from typing import TYPE_CHECKING
 
 from .._lazy import lazy_exports
+from ..install import install_hint
 
 # Checked, not imported: `pixie-rerank --help` imports this package (for the serve command) and must stay fast.
 _MISSING = [name for name in ("fastapi", "httpx", "tenacity") if importlib.util.find_spec(name) is None]
 if _MISSING:
-    raise ImportError(
-        f'pixie_integrations.serving needs {" and ".join(_MISSING)}: pip install "pixie-integrations[serve]"'
-    )
+    raise ImportError(f"pixie_integrations.serving needs {' and '.join(_MISSING)}: {install_hint('serve')}")
 
 if TYPE_CHECKING:
     from .client import RemoteScorer, RemoteScorerError

@@ -28,10 +28,9 @@ try:
         generate_latest,
     )
 except ImportError as exc:  # an install of the serve extra from before it needed prometheus-client
-    raise ImportError(
-        'the server\'s /metrics needs prometheus-client: pip install -e ".[serve]" from a clone '
-        '(once released: pip install "pixie-integrations[serve]")'
-    ) from exc
+    from ..install import install_hint
+
+    raise ImportError(f"the server's /metrics needs prometheus-client: {install_hint('serve')}") from exc
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Match

@@ -38,6 +38,7 @@ from pydantic import BaseModel
 
 from .. import __version__
 from ..engine import configure_engine
+from ..install import install_hint
 from .admission import bearer_check
 from .errors import install_error_handlers
 from .limits import BodySizeLimit, ServerLimits
@@ -292,7 +293,7 @@ def serve(
     try:
         import uvicorn
     except ImportError as exc:
-        raise ImportError('serving needs uvicorn: pip install "pixie-integrations[serve]"') from exc
+        raise ImportError(f"serving needs uvicorn: {install_hint('serve')}") from exc
     from ..scorer import PixieScorer
 
     _check_api_key(api_key)
@@ -336,7 +337,7 @@ def serve_in_thread(app: FastAPI, *, host: str = "127.0.0.1", start_timeout: flo
     try:
         import uvicorn
     except ImportError as exc:
-        raise ImportError('serving needs uvicorn: pip install "pixie-integrations[serve]"') from exc
+        raise ImportError(f"serving needs uvicorn: {install_hint('serve')}") from exc
     sock = bind_socket(host, 0)  # the OS picks a free port; uvicorn takes the bound socket, so no other process races
     server = uvicorn.Server(server_config(app, log_level="warning", lifespan="off"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
