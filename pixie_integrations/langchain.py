@@ -32,7 +32,7 @@ except ImportError as exc:  # pragma: no cover - exercised by a test that hides 
 
 import torch
 
-from .protocols import Scorer, score_async
+from .protocols import Scorer, score_async, scorer_problem
 from .scorer import DEFAULT_MODEL, PixieScorer
 from .tracing import PIXIE_SCORE_THRESHOLD, RerankSpan, TracedDocument, rerank_span
 
@@ -106,6 +106,15 @@ class PixieRerank(BaseDocumentCompressor):
     def _model_path_to_str(cls, value: Any) -> Any:
         # A pathlib.Path to a local checkpoint is the natural thing to pass; pydantic would reject it as a str.
         return os.fspath(value) if isinstance(value, os.PathLike) else value
+
+    @field_validator("scorer", mode="before")
+    @classmethod
+    def _validate_scorer(cls, value: Any) -> Any:
+        # Any object with the protocol's members (a ValueError, so pydantic reports it as the field's error).
+        problem = None if value is None else scorer_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
+        return value
 
     @field_validator("top_n")
     @classmethod

@@ -37,7 +37,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 import torch
 
 from .loading import resolve_dtype
-from .protocols import Scorer, score_async
+from .protocols import Scorer, score_async, scorer_problem
 from .scorer import DEFAULT_MODEL, PixieScorer
 from .tracing import RerankSpan, TracedDocument, rerank_span
 
@@ -177,11 +177,9 @@ class PixieRerank(BaseNodePostprocessor):
             max_length = cross_encoder_kwargs.get("max_length", max_length)
             trust_remote_code = cross_encoder_kwargs.get("trust_remote_code", trust_remote_code)
         if scorer is not None:
-            if not isinstance(scorer, Scorer):
-                raise TypeError(
-                    f"scorer must be a Scorer (model_name, instruction, score()) such as PixieScorer, "
-                    f"not {type(scorer).__name__}"
-                )
+            problem = scorer_problem(scorer)
+            if problem is not None:
+                raise TypeError(problem)
             settings = {"device": device, "dtype": dtype, "max_length": max_length}
             given = [name for name, value in settings.items() if value is not None]
             if trust_remote_code:

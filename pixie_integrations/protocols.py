@@ -1,10 +1,12 @@
-"""What the framework adapters need from a scorer: the :class:`Scorer` protocol, and how they call it from async code.
+"""What the framework adapters need from a scorer: the :class:`Scorer` protocol, and how they call it.
 
 :class:`~pixie_integrations.PixieScorer` (in-process) and
 :class:`~pixie_integrations.serving.RemoteScorer` (a PIXIE or vLLM server) both satisfy it, so the adapters'
-``scorer=`` takes either (or your own class). A scorer may also offer ``async def ascore(...)`` (same arguments as
-``score``): the adapters' async paths then await it instead of running ``score`` in a worker thread. Nothing here
-imports torch.
+``scorer=`` takes either, or your own class with just :data:`SCORER_MEMBERS`. A scorer may also offer
+``score_pairs``, ``rank`` and ``async def ascore(...)`` (same arguments as ``score``): :func:`score_async` awaits
+``ascore`` where it exists (the adapters' async paths do), and :func:`score_pairs_with` / :func:`rank_with` call the
+scorer's own ``score_pairs`` / ``rank`` where they exist and build them from ``score`` otherwise. Nothing here imports
+torch.
 """
 
 from __future__ import annotations
@@ -14,16 +16,29 @@ import inspect
 from collections.abc import Iterable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
-from .ranking import RankResult
+from .ranking import RankResult, rank_by_score
 
-__all__ = ["AsyncScorer", "Scorer", "score_async"]
+__all__ = [
+    "SCORER_MEMBERS",
+    "AsyncScorer",
+    "Scorer",
+    "rank_with",
+    "score_async",
+    "score_pairs_with",
+    "scorer_problem",
+]
+
+SCORER_MEMBERS = "model_name, instruction and score(query, documents, *, instruction=None, raw=False)"
+"""What a scorer needs, as the docs and the adapters' error messages say it."""
 
 
 @runtime_checkable
 class Scorer(Protocol):
-    """Scores documents against a query, in input order, as Python floats.
+    """Scores documents against a query, in input order, as Python floats: the members the adapters need.
 
     ``isinstance(obj, Scorer)`` only checks that the members exist (``runtime_checkable``), not their signatures.
+    ``score_pairs``, ``rank`` and ``ascore`` are optional: see :func:`score_pairs_with`, :func:`rank_with` and
+    :func:`score_async`.
     """
 
     @property
@@ -42,27 +57,58 @@ class Scorer(Protocol):
         """One score per document, in input order: the probability of relevance (the logit with ``raw=True``)."""
         ...
 
-    def score_pairs(
-        self,
-        pairs: Iterable[tuple[str, str] | Sequence[str]],
-        *,
-        instruction: str | None = None,
-        raw: bool = False,
-    ) -> list[float]:
-        """One score per (query, document) pair, in pair order."""
-        ...
 
-    def rank(
-        self,
-        query: str,
-        documents: Sequence[str],
-        *,
-        top_n: int | None = None,
-        instruction: str | None = None,
-        raw: bool = False,
-    ) -> list[RankResult]:
-        """The documents best first (ties keep input order), the best ``top_n`` of them (``None``: all)."""
-        ...
+def scorer_problem(obj: object) -> str | None:
+    """Why ``obj`` cannot be an adapter's ``scorer=`` (which members it lacks), or ``None`` when it can."""
+    if isinstance(obj, Scorer):
+        return None
+    missing = [name for name in ("model_name", "instruction", "score") if not hasattr(obj, name)]
+    return (
+        f"scorer must have {SCORER_MEMBERS} (the pixie_integrations.Scorer protocol), such as a PixieScorer or a "
+        f"RemoteScorer; {type(obj).__name__} has no {', '.join(missing)}"
+    )
+
+
+def score_pairs_with(
+    scorer: Scorer,
+    pairs: Iterable[tuple[str, str] | Sequence[str]],
+    *,
+    instruction: str | None = None,
+    raw: bool = False,
+) -> list[float]:
+    """One score per (query, document) pair, in pair order: ``scorer.score_pairs`` where the scorer has it, else
+    one ``scorer.score`` call per query (in order of first appearance)."""
+    own = getattr(scorer, "score_pairs", None)
+    if callable(own):
+        return list(own(pairs, instruction=instruction, raw=raw))
+    listed = [(query, document) for query, document in pairs]
+    by_query: dict[str, list[int]] = {}
+    for i, (query, _) in enumerate(listed):
+        by_query.setdefault(query, []).append(i)
+    scores = [0.0] * len(listed)
+    for query, positions in by_query.items():
+        got = scorer.score(query, [listed[i][1] for i in positions], instruction=instruction, raw=raw)
+        for i, value in zip(positions, got, strict=True):
+            scores[i] = float(value)
+    return scores
+
+
+def rank_with(
+    scorer: Scorer,
+    query: str,
+    documents: Sequence[str],
+    *,
+    top_n: int | None = None,
+    instruction: str | None = None,
+    raw: bool = False,
+) -> list[RankResult]:
+    """The documents best first (ties keep input order), the best ``top_n`` (``None``: all): ``scorer.rank`` where
+    the scorer has it, else ranked from ``scorer.score``."""
+    own = getattr(scorer, "rank", None)
+    if callable(own):
+        return list(own(query, documents, top_n=top_n, instruction=instruction, raw=raw))
+    scores = [float(s) for s in scorer.score(query, documents, instruction=instruction, raw=raw)]
+    return rank_by_score(scores, documents, top_n)
 
 
 @runtime_checkable

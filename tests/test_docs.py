@@ -30,7 +30,7 @@ from typing import Any
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), *sorted((ROOT / "integrations").glob("*/README.md"))]
 DATA = ROOT / "tests" / "data" / "beir_tiny"
 
 _FENCE = re.compile(r"^(?P<indent>[ \t]*)```(?P<lang>[\w+-]*)\s*$")
@@ -213,6 +213,41 @@ def test_skip_markers_are_rare_and_say_why() -> None:
     skipped = [block for block in BLOCKS if block.skip is not None]
     assert all(block.skip.startswith("needs ") for block in skipped), [b.id for b in skipped]
     assert len(skipped) <= max(3, len(BLOCKS) // 5), [b.id for b in skipped]
+
+
+# -- install lines ------------------------------------------------------------------------------------------------
+_INDEX_EXTRAS = re.compile(r"pixie-integrations\[([\w,-]+)\]")
+_CLONE_EXTRAS = re.compile(r'-e "\.\[([\w,-]+)\]"')
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=[str(d.relative_to(ROOT)) for d in DOCS])
+def test_install_lines_work_from_a_clone_and_name_the_index_form(doc: Path) -> None:
+    """Until the release, an index install fails: every section that names one also gives the clone's command,
+    with the framework distribution's folder where it needs one (pip finds that distribution nowhere else)."""
+    from pixie_integrations.install import INTEGRATIONS
+
+    for section in _sections(doc.read_text(encoding="utf-8")):
+        title = section.splitlines()[0]
+        cloned = {extra for found in _CLONE_EXTRAS.findall(section) for extra in found.split(",")}
+        for found in _INDEX_EXTRAS.findall(section):
+            missing = set(found.split(",")) - cloned
+            assert not missing, f"{doc.name} {title!r}: pixie-integrations[{found}] without a clone command"
+        for extra, dist in INTEGRATIONS.items():
+            if extra in cloned or "all" in cloned or f"pip install {dist}" in section:
+                assert f"-e integrations/{dist}" in section, f"{doc.name} {title!r}: {extra} needs its folder"
+
+
+def _sections(text: str) -> list[str]:
+    """The text split at its Markdown headings (a ``#`` line inside a code block is a shell comment)."""
+    sections: list[list[str]] = [[]]
+    fenced = False
+    for line in text.splitlines():
+        if _FENCE.match(line):
+            fenced = not fenced
+        elif not fenced and line.startswith("#"):
+            sections.append([])
+        sections[-1].append(line)
+    return ["\n".join(lines) for lines in sections if lines]
 
 
 # -- --help -----------------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ import copy
 import inspect
 import math
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -27,6 +28,7 @@ from haystack.utils import ComponentDevice, Secret
 
 from pixie_integrations import DEFAULT_INSTRUCTION, DEFAULT_MODEL, PixieScorer, format_document, format_query
 from pixie_integrations.haystack import PixieRanker
+from pixie_integrations.install import install_hint
 
 QUERY = "Which company analyses satellite data for agriculture and defence?"
 TEXTS = [
@@ -83,7 +85,7 @@ def test_core_never_imports_haystack_and_missing_extra_names_the_install_command
     )
     out = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert 'pip install "pixie-integrations[haystack]"' in out.stdout
+    assert install_hint("haystack") in out.stdout
 
 
 def test_run_and_run_async_have_the_same_signature() -> None:
@@ -618,7 +620,7 @@ def test_remote_scoring_without_the_serve_extra_names_it(monkeypatch: pytest.Mon
     for name in list(sys.modules):
         if name == "pixie_integrations.serving" or name.startswith("pixie_integrations.serving."):
             monkeypatch.delitem(sys.modules, name)
-    with pytest.raises(ImportError, match=r'pip install "pixie-integrations\[serve\]"'):
+    with pytest.raises(ImportError, match=re.escape(install_hint("serve"))):
         PixieRanker(api_base_url="http://127.0.0.1:8000")
     assert PixieRanker().api_base_url is None  # local scoring does not need it
 

@@ -6,6 +6,7 @@ import asyncio
 import copy
 import importlib
 import json
+import re
 import subprocess
 import sys
 import threading
@@ -27,6 +28,7 @@ from langchain_core.vectorstores import InMemoryVectorStore
 from pydantic import ValidationError
 
 from pixie_integrations import DEFAULT_MODEL, ModelLoadError, PixieScorer
+from pixie_integrations.install import clone_command, index_command, install_hint
 from pixie_integrations.langchain import PixieRerank
 from pixie_integrations.testing import SAMPLE_DOCUMENTS, SAMPLE_QUERIES
 
@@ -129,7 +131,7 @@ def test_missing_langchain_core_names_the_extra(monkeypatch: pytest.MonkeyPatch)
     for name in [m for m in sys.modules if m == "langchain_core" or m.startswith("langchain_core.")]:
         monkeypatch.setitem(sys.modules, name, None)  # None in sys.modules makes the import fail
     monkeypatch.delitem(sys.modules, "pixie_integrations.langchain")
-    with pytest.raises(ImportError, match=r'pip install "pixie-integrations\[langchain\]"'):
+    with pytest.raises(ImportError, match=re.escape(install_hint("langchain"))):
         importlib.import_module("pixie_integrations.langchain")
 
 
@@ -531,7 +533,7 @@ async def test_concurrent_async_calls_match_sync(tiny_reranker: Path) -> None:
 # -- docs and example ----------------------------------------------------------------------------------------------
 def test_docs_page_covers_every_field() -> None:
     page = (ROOT / "docs" / "langchain.md").read_text(encoding="utf-8")
-    assert 'pip install "pixie-integrations[langchain]"' in page
+    assert clone_command("langchain") in page and index_command("langchain") in page
     for name in PixieRerank.model_fields:
         assert f"`{name}`" in page, name
 

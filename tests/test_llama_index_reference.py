@@ -24,6 +24,7 @@ from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle, TextNode
 
 from pixie_integrations import PixieScorer
+from pixie_integrations.install import install_hint
 from pixie_integrations.llama_index import PixieRerank
 
 QUERY = "Which city is the capital of Bosnia and Herzegovina?"
@@ -72,7 +73,7 @@ def test_missing_dependency_message_is_a_single_string(monkeypatch: pytest.Monke
     with pytest.raises(ImportError) as exc_info:
         import pixie_integrations.llama_index  # noqa: F401
     assert len(exc_info.value.args) == 1
-    assert 'pip install "pixie-integrations[llama-index]"' in str(exc_info.value)
+    assert install_hint("llama-index") in str(exc_info.value)
 
 
 # -- the reference's signature -------------------------------------------------------------------------------------
