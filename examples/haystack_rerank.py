@@ -4,7 +4,8 @@
     python examples/haystack_rerank.py                   # the real model (downloads ~1.2 GB once)
     python examples/haystack_rerank.py --model ./PIXIE-Spell-Reranker-Preview-0.6B --device cuda
 
-Needs ``pip install "pixie-integrations[haystack]"``. With ``--tiny`` the scores are random: the run shows the
+Needs ``pip install -e ".[haystack]" -e integrations/pixie-haystack`` in a clone (once released:
+``pip install pixie-haystack``). With ``--tiny`` the scores are random: the run shows the
 wiring (retriever -> ranker, async, YAML round trip), not ranking quality.
 """
 

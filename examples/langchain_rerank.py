@@ -2,7 +2,7 @@
 
 Run it:
 
-    pip install "pixie-integrations[langchain]"
+    pip install -e ".[langchain]" -e integrations/langchain-pixie   # in a clone (once released: langchain-pixie)
     # a tiny random model built here: offline, seconds, meaningless scores (it shows the plumbing)
     python examples/langchain_rerank.py --tiny
     # the real PIXIE-Spell-Reranker-Preview-0.6B from the Hugging Face Hub (downloaded once, ~1.2 GB)

@@ -13,7 +13,8 @@ MockEmbedding and MockLLM stand in for a real embedding model and LLM so that no
 download: MockEmbedding gives every text the same vector, so the first stage returns the whole corpus and the
 ranking you see is PIXIE's alone. Swap in your own models in a real application.
 
-Needs: pip install "pixie-integrations[llama-index]"
+Needs: pip install -e ".[llama-index]" -e integrations/llama-index-postprocessor-pixie-rerank in a clone (once
+released: pip install llama-index-postprocessor-pixie-rerank)
 """
 
 from __future__ import annotations

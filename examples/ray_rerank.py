@@ -2,7 +2,7 @@
 
 Run it:
 
-    pip install "pixie-integrations[ray]"
+    pip install -e ".[ray]"   # in a clone (once released: pip install "pixie-integrations[ray]")
     # a tiny random model built here: offline, under a minute, meaningless scores (it shows the plumbing)
     python examples/ray_rerank.py --tiny
     # the real PIXIE-Spell-Reranker-Preview-0.6B (downloaded once, ~1.2 GB), or a local copy of it

@@ -2,7 +2,7 @@
 
 Run it:
 
-    pip install "pixie-integrations[serve]"
+    pip install -e ".[serve]"   # in a clone (once released: pip install "pixie-integrations[serve]")
     # a tiny random model built here: offline, seconds, meaningless scores (it shows the plumbing)
     python examples/serving_rerank.py --tiny
     # the real PIXIE-Spell-Reranker-Preview-0.6B (downloaded once, ~1.2 GB), or a local copy of it

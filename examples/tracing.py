@@ -2,7 +2,7 @@
 
 Run it:
 
-    pip install -e ".[tracing]" opentelemetry-sdk   # from a clone (once released: "pixie-integrations[tracing]")
+    pip install -e ".[tracing]" opentelemetry-sdk   # in a clone (once released: "pixie-integrations[tracing]")
     python examples/tracing.py --tiny            # offline: a tiny random model built here (scores are noise)
     python examples/tracing.py --tiny --console  # print every span as JSON (OpenTelemetry's console exporter)
     python examples/tracing.py --tiny --show-text  # as with OPENINFERENCE_HIDE_INPUTS/OUTPUTS=false: text recorded

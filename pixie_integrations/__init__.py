@@ -14,6 +14,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from ._lazy import lazy_exports
+from .logs import add_fallback_handler
 from .template import DEFAULT_INSTRUCTION, format_document, format_query
 
 if TYPE_CHECKING:
@@ -58,4 +59,5 @@ _LAZY = {
 __getattr__, __dir__ = lazy_exports(__name__, _LAZY, __all__)
 
 
-logging.getLogger(__name__).addHandler(logging.NullHandler())
+# Warnings reach stderr while the application has configured no logging (see .logs); any configuration takes over.
+add_fallback_handler(logging.getLogger(__name__))

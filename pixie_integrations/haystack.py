@@ -36,6 +36,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 import torch
 
 from .loading import resolve_dtype
+from .logs import add_fallback_handler
 from .protocols import score_async
 from .scorer import DEFAULT_MODEL, PixieScorer
 from .template import DEFAULT_INSTRUCTION
@@ -51,6 +52,7 @@ __all__ = ["PixieRanker"]
 # covered by Haystack's logging setup (haystack.logging.configure_logging).
 _HAYSTACK_MODULE = "haystack_integrations.components.rankers.pixie"
 logger = logging.getLogger(_HAYSTACK_MODULE)
+add_fallback_handler(logger)  # outside the package's logger: its warnings reach stderr the same way
 
 # One lock for every ranker: warm_up may race with itself (Pipeline.run_async, run_async's lazy warm-up in a
 # thread). Loads are serialized by the core's registry lock anyway, so a global lock costs nothing.
