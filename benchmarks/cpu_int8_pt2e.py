@@ -23,7 +23,7 @@ from pixie_integrations import PixieScorer
 from pixie_integrations.benchmark import build_random_model, build_workload, kendall_tau
 from pixie_integrations.runner import _pad
 
-parser = argparse.ArgumentParser()
+parser = argparse.ArgumentParser(allow_abbrev=False)
 parser.add_argument("--model-dir", required=True)
 parser.add_argument("--dynamic", action="store_true", help="dynamic activation quantization (no calibration)")
 args = parser.parse_args()

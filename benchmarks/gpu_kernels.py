@@ -23,7 +23,7 @@ from pixie_integrations.benchmark import build_random_model, build_workload
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(allow_abbrev=False)
     parser.add_argument("--model-dir", required=True, help="random PIXIE-shaped model folder (built if missing)")
     parser.add_argument("--queries", type=int, default=5)
     args = parser.parse_args()

@@ -32,7 +32,7 @@ def max_diff(a: list[float], b: list[float]) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(allow_abbrev=False)
     parser.add_argument("--pixie-dir", default=None, help="random PIXIE-shaped model folder (built if missing)")
     parser.add_argument("--tiny-only", action="store_true", help="only the tiny-model checks (seconds)")
     args = parser.parse_args()

@@ -17,7 +17,7 @@ from transformers import AutoTokenizer
 from pixie_integrations import PixieScorer
 from pixie_integrations.benchmark import build_random_model, build_workload
 
-parser = argparse.ArgumentParser()
+parser = argparse.ArgumentParser(allow_abbrev=False)
 parser.add_argument("--shape", default="pixie", choices=["pixie", "pixie-4l"])
 parser.add_argument("--model-dir", required=True)
 parser.add_argument("--queries", type=int, default=1)

@@ -81,7 +81,9 @@ def measure(url: str, *, clients: int, requests: int, docs: int) -> dict[str, fl
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", help="checkpoint folder or hub id (default: a small random model built here)")
     parser.add_argument("--cpus", type=int, default=2, help="CPUs of the local Ray instance (default 2)")
     parser.add_argument("--clients", type=int, default=8, help="concurrent clients (default 8)")

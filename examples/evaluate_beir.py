@@ -26,7 +26,9 @@ TINY_DATA = Path(__file__).resolve().parent.parent / "tests" / "data" / "beir_ti
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--tiny", action="store_true", help="tiny random models on the shipped test dataset, offline")
     parser.add_argument("--data", type=Path, help="BEIR-layout dataset folder")
     parser.add_argument("--model", action="append", help="hub id or local folder; repeat to compare")

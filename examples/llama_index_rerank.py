@@ -54,7 +54,7 @@ def show(title: str, nodes: list[NodeWithScore]) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n", 1)[0])
     parser.add_argument("--tiny", action="store_true", help="build a tiny random model in a temp dir (offline)")
     parser.add_argument("--model", default=DEFAULT_MODEL, help="hub id or local folder (default: %(default)s)")
     parser.add_argument("--query", default=DEFAULT_QUERY)

@@ -39,7 +39,9 @@ def timed(scorer: PixieScorer) -> tuple[list[float], float]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--tiny", action="store_true", help="build and use a tiny random model (offline)")
     parser.add_argument("--device", default=None, help="cuda, cpu, ... (default: the best available)")

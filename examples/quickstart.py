@@ -23,7 +23,9 @@ DOCUMENTS = [
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--tiny", action="store_true", help="build and use a tiny random model (offline)")
     parser.add_argument("--dtype", default=None, help="float32 reproduces the card's numbers; default: per device")

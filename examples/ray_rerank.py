@@ -44,7 +44,7 @@ DOCUMENTS = [
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n\n")[0])
     parser.add_argument("--tiny", action="store_true", help="build a tiny random model here and run fully offline")
     parser.add_argument("--model", default=DEFAULT_MODEL, help=f"hub id or local folder (default: {DEFAULT_MODEL})")
     parser.add_argument("--replicas", type=int, default=2, help="Ray Serve replicas (default 2)")

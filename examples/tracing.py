@@ -58,7 +58,9 @@ def describe(span: object, names: dict[int, str]) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--tiny", action="store_true", help="build and use a tiny random model (offline)")
     parser.add_argument("--console", action="store_true", help="also print every span as JSON")

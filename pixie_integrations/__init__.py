@@ -20,7 +20,7 @@ from .template import DEFAULT_INSTRUCTION, format_document, format_query
 if TYPE_CHECKING:
     from .engine import EngineOverloadedError, ScoringEngine, ScoringTimeoutError
     from .families import ModelFamily
-    from .loading import ModelLoadError
+    from .loading import ModelLoadError, NotARerankerError
     from .protocols import Scorer
     from .ranking import RankResult
     from .scorer import DEFAULT_MODEL, PixieScorer
@@ -31,6 +31,7 @@ __all__ = [
     "EngineOverloadedError",
     "ModelFamily",
     "ModelLoadError",
+    "NotARerankerError",
     "PixieScorer",
     "RankResult",
     "Scorer",
@@ -49,6 +50,7 @@ _LAZY = {
     "RankResult": ".ranking",
     "ModelFamily": ".families",
     "ModelLoadError": ".loading",
+    "NotARerankerError": ".loading",
     "Scorer": ".protocols",
     "ScoringEngine": ".engine",
     "EngineOverloadedError": ".engine",

@@ -57,16 +57,19 @@ def _register_missing(subparsers: Any, name: str, help_text: str, error: ImportE
 
 def _run_demo(args: argparse.Namespace) -> int:
     from .demo import CARD_DOCUMENTS, CARD_QUERIES, CARD_SCORES, run_demo
-    from .loading import ModelLoadError
+    from .loading import ModelLoadError, NotARerankerError
 
+    # The first line at once, before the load (a first run downloads 1.2 GB; the hub's bars show on stderr).
+    print(f"model: {args.model}  dtype: {args.dtype}", flush=True)
     try:
         scores = run_demo(args.model, device=args.device, dtype=args.dtype)
+    except NotARerankerError as exc:
+        return fail(f"{exc} Give the folder of a reranker checkpoint (PIXIE, Qwen3-Reranker, a cross-encoder).")
     except ModelLoadError as exc:
         return fail(
             f"{exc} From the command line: pixie-rerank demo --model ./PIXIE-Spell-Reranker-Preview-0.6B, or set "
             "PIXIE_MODEL_PATH."
         )
-    print(f"model: {args.model}  dtype: {args.dtype}")
     print(f"{'#':>2}  {'card':>8}  {'pixie':>8}  {'diff':>9}  query / document")
     worst = 0.0
     for i, (card, got) in enumerate(zip(CARD_SCORES, scores)):

@@ -45,7 +45,12 @@ _DEVICES = ("cpu", "cuda", "cuda:N", "mps")
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """An argparse parser whose usage errors are one line (the usage itself is one ``--help`` away)."""
+    """An argparse parser whose usage errors are one line (the usage itself is one ``--help`` away), and that takes
+    no abbreviations: ``--dtyp`` is refused rather than read as ``--dtype`` (and a new option cannot change what an
+    old abbreviation meant). Subcommands get this class too (argparse's ``parser_class``)."""
+
+    def __init__(self, *args: Any, allow_abbrev: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, allow_abbrev=allow_abbrev, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_USAGE, f"{self.prog}: error: {one_line(message)} (see {self.prog} --help)\n")

@@ -24,7 +24,7 @@ from .quantization.recipe import (
     read_quantized_folder,
 )
 
-__all__ = ["LoadedModel", "ModelLoadError", "load_model", "resolve_device", "resolve_dtype"]
+__all__ = ["LoadedModel", "ModelLoadError", "NotARerankerError", "load_model", "resolve_device", "resolve_dtype"]
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +42,11 @@ _DTYPE_NAMES = {
 
 class ModelLoadError(OSError):
     """A checkpoint could not be loaded; the message says why and how to point ``model`` at a local copy."""
+
+
+class NotARerankerError(ModelLoadError, ValueError):
+    """The checkpoint loads, but is no reranker this package scores (a classifier with several labels, a causal LM
+    other than a Qwen3-Reranker). A ``ValueError`` as well, as it was before: code catching either keeps working."""
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -265,7 +270,10 @@ def load_model(
         stage = "config"
         try:
             config = AutoConfig.from_pretrained(model, **hub_kwargs, **(config_kwargs or {}))
-            resolved_family = forced or detect_family(config)
+            try:
+                resolved_family = forced or detect_family(config)
+            except ValueError as exc:
+                raise NotARerankerError(f"{model!r} is not a reranker: {exc}") from exc
             stage = "tokenizer"
             tokenizer = AutoTokenizer.from_pretrained(model, **hub_kwargs, **(tokenizer_kwargs or {}))
             stage = "weights"
@@ -284,8 +292,6 @@ def load_model(
         except ModelLoadError:
             raise
         except (OSError, ValueError) as exc:
-            if isinstance(exc, ValueError) and "num_labels" in str(exc):
-                raise
             raise _load_error(model, exc, stage) from exc
         if quantized is not None:
             _quantize_on_load(model, hf_model, quantized, resolved_device, resolved_dtype)

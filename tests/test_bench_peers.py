@@ -13,6 +13,7 @@ from pixie_integrations.bench import kendall_tau
 from pixie_integrations.bench_peers import PEERS, PeerScorer, missing_peer_modules
 from pixie_integrations.benchmark import CardReference, _systems, parse_system
 from pixie_integrations.cli import main
+from pixie_integrations.install import install_hint
 from pixie_integrations.template import format_document, format_query
 from pixie_integrations.testing import SAMPLE_DOCUMENTS, SAMPLE_QUERIES
 
@@ -86,7 +87,7 @@ def test_peer_without_its_extra_names_it() -> None:
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, result.stderr
-    assert "openvino-bf16" in lines[0] and 'pip install "pixie-integrations[bench-peers]"' in lines[0]
+    assert "openvino-bf16" in lines[0] and install_hint("bench-peers") in lines[0]
 
 
 def test_w8a8_peer_calibrates_on_the_pairs_given_and_scores_close_to_float32(

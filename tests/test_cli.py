@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
+import json
+import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +14,7 @@ import pytest
 
 from pixie_integrations.cli import main
 from pixie_integrations.demo import CARD_SCORES, run_demo
+from pixie_integrations.install import install_hint
 
 
 def test_demo_prints_each_score_beside_the_cards(tiny_reranker: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -122,6 +127,120 @@ def test_missing_model_folder_is_one_line(tmp_path: Path, capsys: pytest.Capture
         assert "does not exist" in line and "--model" in line
 
 
+@pytest.fixture(scope="module")
+def not_a_reranker(tmp_path_factory: pytest.TempPathFactory, tiny_reranker: Path) -> Path:
+    """A checkpoint that loads but is no reranker: the tiny model turned into a 2-label classifier."""
+    folder = tmp_path_factory.mktemp("two-labels")
+    shutil.copytree(tiny_reranker, folder, dirs_exist_ok=True)
+    config = json.loads((folder / "config.json").read_text())
+    config.pop("num_labels", None)
+    config.update(id2label={"0": "no", "1": "yes"}, label2id={"no": 0, "yes": 1})
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _command(command: str, model: Path, *extra: str) -> list[str]:
+    """``command`` on ``model``, made as small and quick as it goes (bench: one system, 2 pairs, no memory runs)."""
+    tail = {
+        "demo": ["--device", "cpu"],
+        "serve": ["--device", "cpu", "--port", str(_free_port())],
+        "eval": ["--data", str(DATA), "--output", "OUT", "--device", "cpu", "--no-plot", "--no-progress"],
+        "bench": ["--device", "cpu", "--queries", "1", "--docs", "2", "--no-progress", "--no-memory"],
+    }[command]
+    return [command, "--model", str(model), *tail, *extra]
+
+
+def _the_error_line(err: str) -> str:
+    """The one error line of a failed command (other lines, such as a dataset's warnings, may come before)."""
+    assert "Traceback" not in err, err
+    errors = [line for line in err.splitlines() if "error:" in line]
+    assert len(errors) == 1 and errors[0].startswith("pixie-rerank: error: "), err
+    return errors[0]
+
+
+@pytest.mark.parametrize("command", ["demo", "serve", "eval", "bench"])
+def test_a_folder_that_is_not_a_reranker_is_one_line(
+    command: str, not_a_reranker: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = [a.replace("OUT", str(tmp_path / "out")) for a in _command(command, not_a_reranker)]
+    if command == "bench":
+        argv += ["--systems", "pixie", "pixie-fp32"]
+    assert main(argv) == 2
+    line = _the_error_line(capsys.readouterr().err)
+    assert f"{str(not_a_reranker)!r} is not a reranker" in line and "num_labels=2" in line
+    if command == "bench":
+        assert line.startswith("pixie-rerank: error: no system loaded: pixie: ") and "; pixie-fp32: " in line
+
+
+@pytest.mark.parametrize(
+    ("command", "setting"),
+    [("serve", ["--max-length", "5"]), ("eval", ["--max-length", "5"]), ("bench", ["--systems", "pixie:max_length=5"])],
+)
+def test_settings_that_cannot_work_are_one_line(
+    command: str, setting: list[str], tiny_reranker: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = [a.replace("OUT", str(tmp_path / "out")) for a in _command(command, tiny_reranker, *setting)]
+    assert main(argv) == 2
+    line = _the_error_line(capsys.readouterr().err)
+    assert "max_length=5 cannot hold the template" in line
+
+
+def test_the_real_entry_point_fails_in_one_line(not_a_reranker: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "pixie_integrations", "demo", "--model", str(not_a_reranker), "--device", "cpu"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    line = _one_error_line(result.stderr)
+    assert "is not a reranker" in line and "Give the folder of a reranker checkpoint" in line
+    assert result.stdout.splitlines() == [f"model: {not_a_reranker}  dtype: float32"]  # printed before the load
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["demo", "--dtyp", "float32"],
+        ["serve", "--dtyp", "float32"],
+        ["eval", "--data", "d", "--output", "o", "--dtyp", "float32"],
+        ["eval", "--data", "d", "--output", "o", "--cand", "5"],
+        ["bench", "--dev", "cpu"],
+        ["--verb", "demo"],
+    ],
+    ids=["demo", "serve", "eval", "eval-candidates", "bench", "top-level"],
+)
+def test_abbreviated_options_are_refused(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    # argparse would take --dtyp as --dtype: a typo then works until an option that shares the prefix is added.
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert "unrecognized arguments" in line or "unrecognized" in line, line
+
+
+def test_every_parser_in_the_repository_refuses_abbreviations() -> None:
+    import ast
+
+    for path in [*ROOT.glob("examples/*.py"), *ROOT.glob("benchmarks/*.py"), *ROOT.glob("pixie_integrations/**/*.py")]:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if (
+                isinstance(node, ast.Call)
+                and getattr(node.func, "attr", getattr(node.func, "id", "")) == "ArgumentParser"
+            ):
+                if path.name == "cli.py" and getattr(node.func, "id", "") == "ArgumentParser":
+                    continue  # the package's own parser class, which refuses them by default
+                keywords = {k.arg: getattr(k.value, "value", None) for k in node.keywords}
+                assert keywords.get("allow_abbrev") is False, f"{path.relative_to(ROOT)}:{node.lineno}"
+
+
 def test_bench_without_its_extra_names_it() -> None:
     # sys.modules[name] = None makes the import fail as if the package were not installed.
     code = (
@@ -131,7 +250,19 @@ def test_bench_without_its_extra_names_it() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False, timeout=120)
     assert result.returncode == 2
     line = _one_error_line(result.stderr)
-    assert 'pip install "pixie-integrations[bench]"' in line and "--systems pixie" in line
+    assert install_hint("bench") in line and "--systems pixie" in line
+
+
+def test_bench_help_says_how_to_install_its_extras_and_how_long_the_cpu_preset_takes() -> None:
+    from pixie_integrations.cli import build_parser
+
+    parser = build_parser()
+    (bench,) = [a.choices["bench"] for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    text = " ".join(bench.format_help().split())
+    assert install_hint("bench") in text and install_hint("bench-peers") in text
+    preset = "about 10-15 minutes on 2 cores"  # one wording, in the help and in the docs
+    assert preset in text
+    assert preset in (ROOT / "docs" / "performance.md").read_text(encoding="utf-8")
 
 
 def test_ctrl_c_during_eval_exits_quietly_and_the_rerun_resumes(
@@ -166,6 +297,9 @@ def test_ctrl_c_during_eval_exits_quietly_and_the_rerun_resumes(
 
     monkeypatch.setattr(PixieScorer, "score_pairs", real)
     assert main(argv) == 0
+    last = capsys.readouterr().out.splitlines()[-1]  # --no-plot: no chart, and the last line names none
+    assert last.startswith(f"Written to {out}: results.md, results.json and one folder per model")
+    assert not (out / "ndcg.png").exists()
     (model_metrics,) = [p for p in out.glob("*/metrics.json") if not p.parent.name.startswith("_")]  # not _first_stage
     metrics = json.loads(model_metrics.read_text())
     assert metrics["cache_hits"] == 2 * runner._CPU_CALL_PAIRS

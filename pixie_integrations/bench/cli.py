@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..install import install_hint
 from . import __doc__ as _PACKAGE_DOC
 from .report import format_table
 from .run import run_benchmark
@@ -19,8 +20,13 @@ __all__ = ["register"]
 
 logger = logging.getLogger(__name__)
 
-DESCRIPTION = (_PACKAGE_DOC or "").split("\n\nImportable")[0].replace("``", "")
-"""``bench --help``'s description: the package docstring without its Sphinx markup and its note for Python callers."""
+DESCRIPTION = (
+    (_PACKAGE_DOC or "").split("\n\nImportable")[0].replace("``", "")
+    + f"\n\nInstall the bench extra with {install_hint('bench')}, the bench-peers extra with "
+    + f"{install_hint('bench-peers')}."
+)
+"""``bench --help``'s description: the package docstring without its Sphinx markup and its note for Python callers,
+and how to install the extras it names."""
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -89,7 +95,7 @@ def register(subparsers: Any) -> None:
         f"OpenVINO or ONNX Runtime on CPU: {', '.join(PEER_SYSTEMS)} (batch 4, openvino-w8a8 1; e.g. "
         "openvino-bf16:batch_size=8; openvino-w8a8 is static int8 weights and activations, calibrated on 32 of the "
         "workload's pairs, e.g. openvino-w8a8:calibration_pairs=16; "
-        'pip install "pixie-integrations[bench-peers]"). Default: %(default)s',
+        "the bench-peers extra). Default: %(default)s",
     )
     parser.add_argument("--device", type=device, help="cpu, cuda, cuda:N or mps (default: the best available)")
     parser.add_argument("--queries", type=positive_int, help="use only this many queries")

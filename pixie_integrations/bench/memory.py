@@ -97,7 +97,7 @@ def measure_memory(
                     list(calibration),
                 ).result()
         except Exception as exc:  # noqa: BLE001  (a system failing here fails, reported, in the timed run too)
-            logger.warning("memory of %s not measured: %s: %s", name, type(exc).__name__, exc)
+            logger.info("memory of %s not measured: %s: %s", name, type(exc).__name__, exc)
         if progress is not None:
             progress.done()
     return out

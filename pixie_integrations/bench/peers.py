@@ -16,7 +16,7 @@ is scored, one pair per calibration sample), and one pair per call. Its calibrat
 has queries left over, else the very pairs it scores, which flatters it (its activation ranges are then fitted to
 the inputs it is judged on).
 
-Needs the bench-peers extra: ``pip install "pixie-integrations[bench-peers]"``.
+Needs the ``bench-peers`` extra (:func:`pixie_integrations.install.install_hint` says how).
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from ..install import install_hint
 from ..template import DEFAULT_INSTRUCTION, format_document, format_query
 from .peers import DEFAULT_CALIBRATION_PAIRS, PEERS, missing_peer_modules
 
@@ -289,13 +290,12 @@ def missing_bench_extra(systems: Sequence[str]) -> str | None:
     if card and importlib.util.find_spec("sentence_transformers") is None:
         return (
             f"{', '.join(card)} run the model card's code, which needs sentence-transformers: "
-            'pip install "pixie-integrations[bench]" (or time PixieScorer alone: --systems pixie pixie-fp32)'
+            f"{install_hint('bench')}; or time PixieScorer alone: --systems pixie pixie-fp32"
         )
     peers = [name for name in systems if name.partition(":")[0] in PEER_SYSTEMS]
     missing = sorted({module for name in peers for module in missing_peer_modules(name.partition(":")[0])})
     if missing:
         return (
-            f"{', '.join(peers)} need {', '.join(missing)}, not installed here: "
-            'pip install "pixie-integrations[bench-peers]"'
+            f"{', '.join(peers)} need {', '.join(missing)}, not installed here: {install_hint('bench-peers')}"
         )
     return None

@@ -14,7 +14,11 @@ from typing import Any
 from .systems import ScoreFn, parse_system
 from .workloads import Workload
 
-__all__ = ["Progress", "TimedRun", "load_systems", "time_interleaved", "time_systems"]
+__all__ = ["NoSystemLoadedError", "Progress", "TimedRun", "load_systems", "time_interleaved", "time_systems"]
+
+
+class NoSystemLoadedError(RuntimeError):
+    """Every system of a bench failed to load: its message names each one's error, in one line."""
 
 logger = logging.getLogger(__name__)
 
@@ -104,7 +108,7 @@ def load_systems(
             systems[name] = score
             _done(progress)
         except Exception as exc:  # one failing system (e.g. compilation) must not lose the others
-            logger.error("system %s failed: %s: %s", name, type(exc).__name__, exc)
+            # Reported by time_systems: in one line when it was the last one, else before the timed run.
             logger.info("system %s failed", name, exc_info=True)  # -v shows where
             failed[name] = f"{type(exc).__name__}: {exc}"
     return systems, stats, failed
@@ -146,6 +150,8 @@ def time_interleaved(
         scores={name: [] for name in systems},
     )
     names = list(systems)
+    if not names:  # nothing to time (and no rotation over an empty list)
+        return run
     step = 0
     for rep in range(repeats):
         for query, documents in zip(workload.queries, workload.documents):
@@ -198,8 +204,15 @@ def time_systems(
     Returns:
         Each loaded system's stats (load, warm-up, throughput, latency; CUDA: peak activation memory), each one's
         scores (first pass, workload order), and the error of each system that failed.
+
+    Raises:
+        NoSystemLoadedError: Every system failed to load.
     """
     systems, stats, failed = load_systems(factories, workload, device, progress)
+    if not systems:
+        raise NoSystemLoadedError("no system loaded: " + "; ".join(f"{n}: {e}" for n, e in failed.items()))
+    for name, error in failed.items():  # the others are timed; the table lists it as failed too
+        logger.error("system %s failed: %s", name, error)
     run = time_interleaved(systems, workload, device, repeats, progress)
     for name in systems:
         stats[name].update(_speed_stats(run.latencies[name], workload.pairs * repeats))

@@ -191,8 +191,6 @@ def _run(args: argparse.Namespace) -> int:
             "resume",
             code=EXIT_INTERRUPTED,
         )
-    print(
-        f"Written to {args.output}: results.md, results.json, ndcg.png and one folder per model "
-        f"(run.trec, metrics.json)."
-    )
+    files = "results.md, results.json" + ("" if args.no_plot else ", ndcg.png")  # --no-plot draws no chart
+    print(f"Written to {args.output}: {files} and one folder per model (run.trec, metrics.json).")
     return 0

@@ -12,7 +12,7 @@ import sys
 from dataclasses import fields
 from typing import Any
 
-from ..cli_args import add_device_dtype
+from ..cli_args import add_device_dtype, fail
 from .limits import CPU_TOKEN_DEFAULTS, GPU_TOKEN_DEFAULTS, ServerLimits
 
 __all__ = ["register"]
@@ -217,8 +217,7 @@ _LIMIT_FLAGS = [f.name for f in fields(ServerLimits)]
 
 
 def _fail(message: str) -> int:
-    print(f"error: {message}", file=sys.stderr)
-    return 2
+    return fail(message)  # one line, exit 2, as every command
 
 
 def _port(text: str) -> int:
