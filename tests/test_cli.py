@@ -191,6 +191,14 @@ def test_settings_that_cannot_work_are_one_line(
     assert "max_length=5 cannot hold the template" in line
 
 
+def test_not_a_reranker_is_a_load_error_and_still_a_value_error(not_a_reranker: Path) -> None:
+    from pixie_integrations import ModelLoadError, NotARerankerError, PixieScorer
+
+    with pytest.raises(NotARerankerError) as raised:
+        PixieScorer(str(not_a_reranker), device="cpu")
+    assert isinstance(raised.value, ModelLoadError) and isinstance(raised.value, ValueError)  # code catching either
+
+
 def test_the_real_entry_point_fails_in_one_line(not_a_reranker: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "pixie_integrations", "demo", "--model", str(not_a_reranker), "--device", "cpu"],

@@ -434,3 +434,12 @@ def test_haystack_logs_under_the_integrations_namespace() -> None:
     # haystack.logging.configure_logging sets up "haystack_integrations" (and "haystack"), not other packages.
     assert adapter.logger.name == "haystack_integrations.components.rankers.pixie"
     assert adapter.PixieRanker.__module__ == adapter.logger.name
+
+
+def test_the_release_workflow_builds_checks_and_publishes_all_four() -> None:
+    workflow = (ROOT / ".github" / "workflows" / "release.yml").read_text()
+    assert "python -m build --outdir dist/core ." in workflow
+    assert 'for project in integrations/*/; do\n            python -m build --outdir dist/integrations "$project"' in workflow
+    assert "twine check --strict dist/core/* dist/integrations/*" in workflow
+    assert "packages-dir: dist/core/" in workflow and "packages-dir: dist/integrations/" in workflow
+    assert workflow.index("packages-dir: dist/core/") < workflow.index("packages-dir: dist/integrations/")
