@@ -152,6 +152,7 @@ def _command(command: str, model: Path, *extra: str) -> list[str]:
         "serve": ["--device", "cpu", "--port", str(_free_port())],
         "eval": ["--data", str(DATA), "--output", "OUT", "--device", "cpu", "--no-plot", "--no-progress"],
         "bench": ["--device", "cpu", "--queries", "1", "--docs", "2", "--no-progress", "--no-memory"],
+        "quantize": ["--data", str(DATA), "--output", "OUT", "--no-progress"],
     }[command]
     return [command, "--model", str(model), *tail, *extra]
 
@@ -164,7 +165,7 @@ def _the_error_line(err: str) -> str:
     return errors[0]
 
 
-@pytest.mark.parametrize("command", ["demo", "serve", "eval", "bench"])
+@pytest.mark.parametrize("command", ["demo", "serve", "eval", "bench", "quantize"])
 def test_a_folder_that_is_not_a_reranker_is_one_line(
     command: str, not_a_reranker: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -221,9 +222,10 @@ def test_the_real_entry_point_fails_in_one_line(not_a_reranker: Path) -> None:
         ["eval", "--data", "d", "--output", "o", "--dtyp", "float32"],
         ["eval", "--data", "d", "--output", "o", "--cand", "5"],
         ["bench", "--dev", "cpu"],
+        ["quantize", "--data", "d", "--output", "o", "--calibration-q", "4"],
         ["--verb", "demo"],
     ],
-    ids=["demo", "serve", "eval", "eval-candidates", "bench", "top-level"],
+    ids=["demo", "serve", "eval", "eval-candidates", "bench", "quantize", "top-level"],
 )
 def test_abbreviated_options_are_refused(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     # argparse would take --dtyp as --dtype: a typo then works until an option that shares the prefix is added.

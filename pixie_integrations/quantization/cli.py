@@ -8,6 +8,7 @@ import os
 from typing import Any
 
 from ..cli_args import EXIT_INTERRUPTED, fail, positive_int
+from ..install import install_hint
 
 __all__ = ["EXIT_GATE_FAILED", "register"]
 
@@ -107,7 +108,7 @@ def _run(args: argparse.Namespace) -> int:
         from .quantizer import GateFailedError, quantize
         from .recipe import QuantizationRecipe
     except ImportError as exc:
-        return fail(f'{exc}; pip install "pixie-integrations[eval]"')
+        return fail(f"{exc}; {install_hint('eval')}")
     if not 0.0 <= args.smooth_alpha <= 1.0:
         return fail(f"--smooth-alpha must be between 0 and 1, not {args.smooth_alpha}")
     try:
