@@ -44,7 +44,9 @@ def tiny_setup(folder: Path) -> tuple[str, str]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--data", help="a BEIR folder or a JSONL file of queries and documents")
     parser.add_argument("--output", help="where to write the int8 model (default: a temporary folder)")
