@@ -277,7 +277,7 @@ def evaluate(
         show_progress_bar: A tqdm bar per model while reranking.
         plot: Draw ``ndcg.png``.
         engine: ``"local"`` scores in this process; ``"ray"`` runs the scoring stage as a Ray Data job (an actor
-            pool, each actor holding one model; needs ``pixie-integrations[ray]``), for corpora too large for one
+            pool, each actor holding one model; needs the ``ray`` extra), for corpora too large for one
             process. Same scores, cache and metrics; models must be ids or paths, not loaded scorers.
         ray_options: With ``engine="ray"``: :func:`~pixie_integrations.ray.rerank_dataset`'s ``concurrency``
             (actors), ``num_gpus`` / ``num_cpus`` (per actor) and ``rows_per_batch`` (pairs per call).
