@@ -131,7 +131,7 @@ def test_beir_folder_gives_bm25_candidates_and_qrels() -> None:
 @pytest.mark.parametrize(
     ("line", "mentions"),
     [
-        ("not json", "not JSON"),
+        ("not json", "malformed JSON"),
         ('{"documents": ["a"]}', '"query"'),
         ('{"query": "q", "documents": []}', '"documents"'),
         ('{"query": "q", "documents": ["a", "b"], "relevance": [1]}', "relevance"),

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["BeirDataset", "DataError", "DatasetStats", "Document", "document_text", "load_beir"]
+__all__ = ["BeirDataset", "DataError", "DatasetStats", "Document", "document_text", "load_beir", "read_jsonl_objects"]
 
 logger = logging.getLogger(__name__)
 
@@ -126,7 +126,7 @@ def load_beir(
         raise DataError(f"file not found (split {split!r}){hint}", qrels_path)
 
     corpus: dict[str, Document] = {}
-    for line_no, obj in _read_jsonl(corpus_path):
+    for line_no, obj in read_jsonl_objects(corpus_path):
         doc_id = _require_id(obj, corpus_path, line_no)
         text = _require_text(obj, "text", corpus_path, line_no)
         title = obj.get("title")
@@ -143,7 +143,7 @@ def load_beir(
         )
 
     all_queries: dict[str, str] = {}
-    for line_no, obj in _read_jsonl(queries_path):
+    for line_no, obj in read_jsonl_objects(queries_path):
         query_id = _require_id(obj, queries_path, line_no)
         if query_id in all_queries:
             stats.duplicate_query_ids += 1
@@ -214,7 +214,9 @@ def load_beir(
     return BeirDataset(corpus=corpus, queries=queries, qrels=qrels, name=root.name, split=split, stats=stats)
 
 
-def _read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+def read_jsonl_objects(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(line number, object)`` of each non-blank line of a JSONL file; a line that is not a JSON object is a
+    :class:`DataError` naming it."""
     # utf-8-sig: a byte-order mark (common from Windows editors) must not break line 1.
     with path.open(encoding="utf-8-sig") as handle:
         for line_no, line in enumerate(handle, start=1):

@@ -13,14 +13,13 @@ so the gate judges the model on pairs it was not calibrated on.
 
 from __future__ import annotations
 
-import json
 import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..evaluation.data import DataError, document_text, load_beir
+from ..evaluation.data import DataError, document_text, load_beir, read_jsonl_objects
 
 __all__ = ["QuantizationData", "QueryCandidates", "load_quantization_data"]
 
@@ -141,34 +140,27 @@ def _jsonl_queries(
     queries: list[QueryCandidates] = []
     qrels: dict[str, dict[str, int]] = {}
     judged = True
-    with path.open(encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"not JSON: {exc.msg}", path, line_no) from None
-            query, documents = _jsonl_row(obj, path, line_no)
-            qid = str(obj.get("id", f"q{line_no}"))
-            doc_ids = tuple(f"{qid}-d{i}" for i in range(len(documents)))[:candidates]
-            queries.append(QueryCandidates(qid, query, doc_ids, tuple(documents[:candidates])))
-            relevance = obj.get("relevance")
-            if relevance is None:
-                judged = False
-                continue
-            if (
-                not isinstance(relevance, list)
-                or len(relevance) != len(documents)
-                or not all(isinstance(r, int) and not isinstance(r, bool) for r in relevance)
-            ):
-                raise DataError('"relevance" must be a list of integers, one per document', path, line_no)
-            qrels[qid] = {doc_id: grade for doc_id, grade in zip(doc_ids, relevance)}
+    for line_no, obj in read_jsonl_objects(path):
+        query, documents = _jsonl_row(obj, path, line_no)
+        qid = str(obj.get("id", f"q{line_no}"))
+        doc_ids = tuple(f"{qid}-d{i}" for i in range(len(documents)))[:candidates]
+        queries.append(QueryCandidates(qid, query, doc_ids, tuple(documents[:candidates])))
+        relevance = obj.get("relevance")
+        if relevance is None:
+            judged = False
+            continue
+        if (
+            not isinstance(relevance, list)
+            or len(relevance) != len(documents)
+            or not all(isinstance(r, int) and not isinstance(r, bool) for r in relevance)
+        ):
+            raise DataError('"relevance" must be a list of integers, one per document', path, line_no)
+        qrels[qid] = {doc_id: grade for doc_id, grade in zip(doc_ids, relevance)}
     return queries, (qrels if judged and qrels else None), f"JSONL {path}"
 
 
-def _jsonl_row(obj: Any, path: Path, line_no: int) -> tuple[str, list[str]]:
-    if not isinstance(obj, dict) or not isinstance(obj.get("query"), str) or not obj["query"].strip():
+def _jsonl_row(obj: dict[str, Any], path: Path, line_no: int) -> tuple[str, list[str]]:
+    if not isinstance(obj.get("query"), str) or not obj["query"].strip():
         raise DataError('each line must be an object with a non-empty "query" string', path, line_no)
     raw = obj.get("documents")
     if not isinstance(raw, list) or not raw:

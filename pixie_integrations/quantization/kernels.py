@@ -3,12 +3,12 @@
 Activations are quantized per token at run time (symmetric, each row's absolute maximum maps to 127), so no
 activation scale is frozen from calibration data: SmoothQuant's smoothing (:mod:`.smoothing`) moves the outlier
 channels into the weights beforehand, which is what makes one scale per token good enough. The product runs in
-``torch._int_mm`` (oneDNN's int8 GEMM: AVX512-VNNI, AMX-INT8 or AVX-VNNI where the CPU has them) and is scaled back
-to the activations' dtype.
+oneDNN's int8 GEMM with prepacked weights (AVX512-VNNI, AMX-INT8 or AVX-VNNI where the CPU has them), which writes
+the activations' dtype with the weight scales applied; each row is then multiplied by its own scale.
 
-The quantize and rescale steps are small elementwise passes that eager PyTorch runs as five or six kernels each,
-costing as much as the GEMM saves; they are compiled once (``torch.compile``, dynamic shapes) into one fused loop
-each. Where compiling is impossible (no C++ compiler) the eager forms run, with the same results.
+The quantize step is a small elementwise pass that eager PyTorch runs as five or six kernels, costing as much as the
+GEMM saves; it is compiled once (``torch.compile``, dynamic shapes) into one fused loop. Where compiling is
+impossible (no C++ compiler) the eager form runs, with the same results.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
@@ -70,30 +69,29 @@ class _Fused:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._forms: tuple[Callable[..., Any], Callable[..., Any]] | None = None
+        self._quantize: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None
 
-    def forms(self) -> tuple[Callable[..., Any], Callable[..., Any]]:
-        if self._forms is None:
+    def quantize(self) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+        if self._quantize is None:
             with self._lock:
-                if self._forms is None:
-                    self._forms = self._compile()
-        return self._forms
+                if self._quantize is None:
+                    self._quantize = self._compile()
+        return self._quantize
 
     @staticmethod
-    def _compile() -> tuple[Callable[..., Any], Callable[..., Any]]:
+    def _compile() -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
         try:
             quantize = torch.compile(_quantize_rows, dynamic=True)
-            x = torch.randn(_MIN_ROWS + 3, 64)
-            quantize(x)
-            return quantize, _rescale
+            quantize(torch.randn(_MIN_ROWS + 3, 64))
+            return quantize  # type: ignore[no-any-return]
         except Exception as exc:  # noqa: BLE001  (no C++ toolchain, an unsupported platform: same arithmetic, unfused)
             logger.warning(
-                "int8: could not compile the fused quantize/rescale steps (%s: %s); running them unfused, which is "
-                "slower but gives the same scores.",
+                "int8: could not compile the fused quantize step (%s: %s); running it unfused, which is slower but "
+                "gives the same scores.",
                 type(exc).__name__,
                 str(exc).splitlines()[0][:200] if str(exc) else "",
             )
-            return _quantize_rows, _rescale
+            return _quantize_rows
 
 
 _FUSED = _Fused()
@@ -101,7 +99,7 @@ _FUSED = _Fused()
 
 def prepare_kernels() -> None:
     """Compile the fused quantize step now (once per process), so that the first batch does not wait for it."""
-    _FUSED.forms()
+    _FUSED.quantize()
 
 
 def _onednn_available() -> bool:
@@ -142,7 +140,7 @@ class Int8Linear(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         rows = x.reshape(-1, shape[-1])
-        quantize = _FUSED.forms()[0] if self.fused else _quantize_rows
+        quantize = _FUSED.quantize() if self.fused else _quantize_rows
         q, row_scale = quantize(rows)
         if self._onednn:
             out = torch.ops.onednn.qlinear_pointwise(

@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from ..cpu import cpu_info
 from ..scorer import PixieScorer
 from ..template import DEFAULT_INSTRUCTION
-from .data import QuantizationData, QueryCandidates, load_quantization_data
+from .data import QuantizationData, load_quantization_data
 from .gate import GateReport, GateThresholds, compare_scores
 from .recipe import QuantizationRecipe, QuantizedFolder, int8_fallback_reason, write_quantized_folder
 from .sensitivity import LayerSensitivity, choose_kept_layers, measure_sensitivity
@@ -179,10 +179,11 @@ def _quantize_into(
     seconds: dict[str, float] = {}
     options: dict[str, Any] = {"max_length": max_length, "instruction": instruction}
     reference_scores: list[list[float]] = []
+    check = [(q.query, q.documents) for q in pairs.check]
 
     def score_reference(reference: PixieScorer) -> None:
         started = time.perf_counter()
-        reference_scores.extend(_score_queries(reference, pairs.check, "Reference (float32)", show_progress))
+        reference_scores.extend(_score_queries(reference, check, "Reference (float32)", show_progress))
         seconds["reference"] = time.perf_counter() - started
 
     calibration = [(q.query, q.documents) for q in pairs.calibration]
@@ -201,7 +202,7 @@ def _quantize_into(
     started = time.perf_counter()
     quantized = PixieScorer(staging, device="cpu", show_progress_bar=False, **options)
     fallback = int8_fallback_reason(quantized.device)
-    quantized_scores = _score_queries(quantized, pairs.check, "Checking (int8)", show_progress)
+    quantized_scores = _score_queries(quantized, check, "Checking (int8)", show_progress)
     seconds["check"] = time.perf_counter() - started
     del quantized
     gc.collect()
@@ -254,14 +255,8 @@ def build_int8_folder(
     }
     started = time.perf_counter()
     reference = PixieScorer(model, dtype="float32", **options)
-    total = sum(len(d) for _, d in calibration)
-    with (
-        collect_activation_stats(reference.model) as stats,
-        tqdm(total=total, desc="Calibrating", unit="pair", disable=not show_progress) as bar,
-    ):
-        for query, documents in calibration:
-            reference.score(query, list(documents))
-            bar.update(len(documents))
+    with collect_activation_stats(reference.model) as stats:
+        _score_queries(reference, calibration, "Calibrating", show_progress)
     seconds["calibration"] = time.perf_counter() - started
     if with_reference is not None:
         with_reference(reference)
@@ -291,13 +286,14 @@ def build_int8_folder(
 
 
 def _score_queries(
-    scorer: PixieScorer, queries: Sequence[QueryCandidates], desc: str, show_progress: bool
+    scorer: PixieScorer, queries: Sequence[tuple[str, Sequence[str]]], desc: str, show_progress: bool
 ) -> list[list[float]]:
+    """Each ``(query, documents)``'s scores, with a progress bar over the pairs."""
     out = []
-    with tqdm(total=sum(len(q.documents) for q in queries), desc=desc, unit="pair", disable=not show_progress) as bar:
-        for q in queries:
-            out.append(scorer.score(q.query, list(q.documents)))
-            bar.update(len(q.documents))
+    with tqdm(total=sum(len(d) for _, d in queries), desc=desc, unit="pair", disable=not show_progress) as bar:
+        for query, documents in queries:
+            out.append(scorer.score(query, list(documents)))
+            bar.update(len(documents))
     return out
 
 
