@@ -374,3 +374,21 @@ def test_ray_data_scores_with_the_int8_folder(ray_cluster: None, int8_folder: Pa
     got = [row["score"] for row in sorted(scored.take_all(), key=lambda row: row["id"])]
     want = PixieScorer(int8_folder, device="cpu").score_pairs([(r["query"], r["document"]) for r in rows])
     assert got == pytest.approx(want, abs=1e-5)
+
+
+def test_without_the_gate_libraries_it_stops_before_loading_anything(
+    model: Path, data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib.util
+
+    from pixie_integrations.quantization import gate
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(gate.importlib.util, "find_spec", lambda name, *a: None if name == "scipy" else real(name, *a))
+    loaded = []
+    monkeypatch.setattr("pixie_integrations.quantization.quantizer.PixieScorer", lambda *a, **k: loaded.append(a))
+    out = tmp_path / "never"
+    assert main(["quantize", "--model", str(model), "--data", str(data), "--output", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "needs scipy" in err[0] and 'pip install -e ".[eval]"' in err[0]
+    assert loaded == [] and not out.exists()

@@ -15,15 +15,17 @@ a first stage's order is just as arbitrary). Without qrels only the tau conditio
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import statistics
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ..install import install_hint
 from .data import QueryCandidates
 
-__all__ = ["GateReport", "GateThresholds", "compare_scores"]
+__all__ = ["GateReport", "GateThresholds", "compare_scores", "require_gate_modules"]
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,15 @@ class GateReport:
         out.append(f"largest score difference: {f['max_score_diff']:.4g} (mean {f['mean_score_diff']:.3g})")
         out += self.notes
         return out
+
+
+def require_gate_modules(*, judged: bool) -> None:
+    """Fail now, before any model is loaded, if the gate's libraries are missing (scipy for Kendall tau;
+    pytrec_eval for NDCG when the data has judgments): otherwise the whole calibration would run first."""
+    needed = ["scipy"] + (["pytrec_eval"] if judged else [])
+    missing = [name for name in needed if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ImportError(f"the quality gate needs {', '.join(missing)}, not installed: {install_hint('eval')}")
 
 
 def _kendall_tau(a: Sequence[float], b: Sequence[float]) -> float:

@@ -35,7 +35,7 @@ from ..cpu import cpu_info
 from ..scorer import PixieScorer
 from ..template import DEFAULT_INSTRUCTION
 from .data import QuantizationData, load_quantization_data
-from .gate import GateReport, GateThresholds, compare_scores
+from .gate import GateReport, GateThresholds, compare_scores, require_gate_modules
 from .recipe import QuantizationRecipe, QuantizedFolder, int8_fallback_reason, write_quantized_folder
 from .sensitivity import LayerSensitivity, choose_kept_layers, measure_sensitivity
 from .smoothing import collect_activation_stats, smooth_model
@@ -127,6 +127,7 @@ def quantize(
         split=split,
         seed=seed,
     )
+    require_gate_modules(judged=pairs.qrels is not None)
     logger.info(
         "Quantizing %s on %s: %d calibration pairs (%d queries), %d check pairs (%d queries)",
         model,
