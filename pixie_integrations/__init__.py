@@ -18,17 +18,20 @@ from .logs import add_fallback_handler
 from .template import DEFAULT_INSTRUCTION, format_document, format_query
 
 if TYPE_CHECKING:
+    from .chunking import LongDocuments
     from .engine import EngineOverloadedError, ScoringEngine, ScoringTimeoutError
     from .families import ModelFamily
     from .loading import ModelLoadError, NotARerankerError
     from .protocols import Scorer
-    from .ranking import RankResult
+    from .ranking import ChunkSpan, RankResult
     from .scorer import DEFAULT_MODEL, PixieScorer
 
 __all__ = [
     "DEFAULT_INSTRUCTION",
     "DEFAULT_MODEL",
+    "ChunkSpan",
     "EngineOverloadedError",
+    "LongDocuments",
     "ModelFamily",
     "ModelLoadError",
     "NotARerankerError",
@@ -48,6 +51,8 @@ _LAZY = {
     "DEFAULT_MODEL": ".scorer",
     "PixieScorer": ".scorer",
     "RankResult": ".ranking",
+    "ChunkSpan": ".ranking",
+    "LongDocuments": ".chunking",
     "ModelFamily": ".families",
     "ModelLoadError": ".loading",
     "NotARerankerError": ".loading",

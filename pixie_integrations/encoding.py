@@ -6,6 +6,7 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
+from .chunking import MIN_CHUNK_TOKENS, ChunkPlan, LongDocuments, plan_windows
 from .loading import LoadedModel
 from .template import DOCUMENT_HEAD, SUFFIX, format_query
 
@@ -77,6 +78,18 @@ class PairEncoder:
                 out += self._tokenizer(texts[start : start + _LOCK_SLICE], add_special_tokens=False)["input_ids"]
         return out
 
+    def _ids_with_offsets(self, texts: list[str]) -> tuple[list[list[int]], list[list[tuple[int, int]]]]:
+        ids: list[list[int]] = []
+        offsets: list[list[tuple[int, int]]] = []
+        for start in range(0, len(texts), _LOCK_SLICE):
+            with self._loaded.tokenizer_lock:
+                features = self._tokenizer(
+                    texts[start : start + _LOCK_SLICE], add_special_tokens=False, return_offsets_mapping=True
+                )
+            ids += features["input_ids"]
+            offsets += [[(int(a), int(b)) for a, b in spans] for spans in features["offset_mapping"]]
+        return ids, offsets
+
     def min_tokens(self, text: str) -> int:
         """A guaranteed lower bound of the tokens ``text`` takes, from its characters alone (no tokenizing).
 
@@ -121,6 +134,130 @@ class PairEncoder:
         if self._loaded.family.uses_template:
             return self._encode_template(pairs, instruction, max_doc_tokens, max_length)
         return self._encode_plain(pairs, max_doc_tokens, max_length)
+
+    def encode_chunked(
+        self,
+        pairs: list[tuple[str, str]],
+        instruction: str,
+        settings: LongDocuments,
+        *,
+        max_doc_tokens: int | None = None,
+        max_length: int | None = None,
+    ) -> tuple[list[EncodedPair], ChunkPlan, int]:
+        """Encode each document as chunks (``settings``: :class:`~pixie_integrations.chunking.LongDocuments`).
+
+        Returns the chunk inputs (a document's chunks in a row, documents in order, each a whole template input
+        sharing its query's prefix), the :class:`~pixie_integrations.chunking.ChunkPlan` that maps them back, and
+        how many chunks were still cut to fit (encoder cross-encoders only, whose chunk texts are tokenized again
+        as pairs; template families cut no chunk). A document that fits in one chunk is encoded exactly as
+        :meth:`encode` encodes it. ``max_doc_tokens`` cuts each document before it is chunked.
+        """
+        check_max_doc_tokens(max_doc_tokens)
+        if max_length is None:
+            max_length = self.max_length
+        elif isinstance(max_length, bool) or not isinstance(max_length, int) or max_length <= 0:
+            raise ValueError(f"max_length must be a positive int or None, got {max_length!r}")
+        max_length = min(max_length, self.max_length)
+        plan = ChunkPlan(len(pairs), how=settings.aggregate, max_chunks=settings.max_chunks)
+        if self._loaded.family.uses_template:
+            return self._chunk_template(pairs, instruction, settings, plan, max_doc_tokens, max_length)
+        return self._chunk_plain(pairs, settings, plan, max_doc_tokens, max_length)
+
+    def _windows(
+        self,
+        text: str,
+        offsets: list[tuple[int, int]],
+        room: int,
+        settings: LongDocuments,
+        *,
+        max_length: int,
+        whole: bool,
+    ) -> tuple[list[tuple[int, int]], list[tuple[int, int]], int]:
+        """A document's token windows, their character spans and how many windows past ``max_chunks`` were dropped
+        (``whole``: ``offsets`` cover the whole text, so the last span runs to its end)."""
+        if room < MIN_CHUNK_TOKENS:
+            raise ValueError(
+                f"max_length={max_length} leaves {room} tokens for a document after the template and the "
+                f"query; a chunk needs at least {MIN_CHUNK_TOKENS}."
+            )
+        window = min(settings.chunk_tokens or room, room)
+        if settings.chunk_overlap >= window:
+            raise ValueError(
+                f"chunk_overlap={settings.chunk_overlap} must be less than the chunk's {window} tokens "
+                f"(chunk_tokens, or the room max_length leaves)."
+            )
+        windows = plan_windows(
+            text, offsets, window=window, overlap=settings.chunk_overlap, boundary=settings.chunk_boundary
+        )
+        dropped = 0
+        if settings.max_chunks is not None and len(windows) > settings.max_chunks:
+            dropped = len(windows) - settings.max_chunks
+            windows = windows[: settings.max_chunks]
+        n = len(offsets)
+        spans = []
+        for a, b in windows:
+            start = offsets[a][0] if a > 0 else 0
+            end = len(text) if b == n and whole else offsets[b - 1][1] if b > 0 else 0
+            if a > 0:  # a later chunk's span starts at its first character, not the space before it
+                while start < end and text[start].isspace():
+                    start += 1
+            spans.append((start, end))
+        return windows, spans, dropped
+
+    def _chunk_template(
+        self,
+        pairs: list[tuple[str, str]],
+        instruction: str,
+        settings: LongDocuments,
+        plan: ChunkPlan,
+        max_doc_tokens: int | None,
+        max_length: int,
+    ) -> tuple[list[EncodedPair], ChunkPlan, int]:
+        queries = list(dict.fromkeys(q for q, _ in pairs))
+        prefixes = {
+            q: tuple(ids) for q, ids in zip(queries, self._ids([format_query(q, instruction) for q in queries]))
+        }
+        docs, offsets = self._ids_with_offsets([DOCUMENT_HEAD + d for _, d in pairs])
+        shift = len(DOCUMENT_HEAD)
+        encoded: list[EncodedPair] = []
+        for index, ((query, text), ids, spans) in enumerate(zip(pairs, docs, offsets)):
+            prefix = prefixes[query]
+            head, body = tuple(ids[: self._head_len]), ids[self._head_len :]
+            body_offsets = [(max(a - shift, 0), max(b - shift, 0)) for a, b in spans[self._head_len :]]
+            whole = max_doc_tokens is None or len(body) <= max_doc_tokens
+            if not whole:
+                body, body_offsets = body[:max_doc_tokens], body_offsets[:max_doc_tokens]
+            room = max_length - len(prefix) - len(self._suffix) - self._head_len
+            windows, chunk_spans, dropped = self._windows(
+                text, body_offsets, room, settings, max_length=max_length, whole=whole
+            )
+            for a, b in windows:
+                encoded.append(EncodedPair(prefix=prefix, rest=head + tuple(body[a:b]) + self._suffix))
+            plan.add(index, chunk_spans, dropped)
+        return encoded, plan, 0
+
+    def _chunk_plain(
+        self,
+        pairs: list[tuple[str, str]],
+        settings: LongDocuments,
+        plan: ChunkPlan,
+        max_doc_tokens: int | None,
+        max_length: int,
+    ) -> tuple[list[EncodedPair], ChunkPlan, int]:
+        queries = list(dict.fromkeys(q for q, _ in pairs))
+        query_lengths = dict(zip(queries, map(len, self._ids(queries))))
+        _, offsets = self._ids_with_offsets([d for _, d in pairs])
+        chunk_pairs: list[tuple[str, str]] = []
+        for index, ((query, text), spans) in enumerate(zip(pairs, offsets)):
+            whole = max_doc_tokens is None or len(spans) <= max_doc_tokens
+            if not whole:
+                spans = spans[:max_doc_tokens]
+            room = max_length - query_lengths[query] - self._n_special
+            _, chunk_spans, dropped = self._windows(text, spans, room, settings, max_length=max_length, whole=whole)
+            chunk_pairs += [(query, text[a:b]) for a, b in chunk_spans]
+            plan.add(index, chunk_spans, dropped)
+        encoded, truncated = self._encode_plain(chunk_pairs, None, max_length)
+        return encoded, plan, truncated
 
     def _encode_template(
         self, pairs: list[tuple[str, str]], instruction: str, max_doc_tokens: int | None, max_length: int

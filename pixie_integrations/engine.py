@@ -39,6 +39,7 @@ from typing import Any
 
 import torch
 
+from .chunking import LongDocuments, log_dropped_chunks
 from .encoding import EncodedPair, PairEncoder
 from .engine_requests import (
     EncodesPairs,
@@ -192,6 +193,7 @@ class ScoringEngine:
         instruction: str | None = None,
         max_length: int | None = None,
         max_doc_tokens: int | None = None,
+        long_documents: LongDocuments | None = None,
     ) -> PreparedRequest:
         """Tokenize checked (query, document) pairs in this thread.
 
@@ -202,6 +204,8 @@ class ScoringEngine:
             max_length: Most tokens of one whole input for this request (at most the scorer's); only document
                 tokens are cut.
             max_doc_tokens: Cut each document to at most this many tokens (the template is never cut).
+            long_documents: With ``strategy="chunk"``, each document runs as chunk inputs whose logits become its
+                score when the request completes (:class:`~pixie_integrations.LongDocuments`); ``None``: truncate.
 
         Raises:
             ValueError: The encoder refuses the input (e.g. ``max_length`` too small for the query).
@@ -212,8 +216,13 @@ class ScoringEngine:
         pairs = list(pairs)
         if not pairs:
             return PreparedRequest((), instruction, 0, encoder.max_length)
-        encoded, truncated = encoder.encode(pairs, instruction, max_length=max_length, max_doc_tokens=max_doc_tokens)
         limit = encoder.max_length if max_length is None else min(max_length, encoder.max_length)
+        if long_documents is not None and long_documents.chunked:
+            chunked, plan, truncated = encoder.encode_chunked(
+                pairs, instruction, long_documents, max_length=max_length, max_doc_tokens=max_doc_tokens
+            )
+            return PreparedRequest(tuple(chunked), instruction, truncated, limit, chunks=plan)
+        encoded, truncated = encoder.encode(pairs, instruction, max_length=max_length, max_doc_tokens=max_doc_tokens)
         return PreparedRequest(tuple(encoded), instruction, truncated, limit)
 
     async def aprepare(
@@ -224,6 +233,7 @@ class ScoringEngine:
         instruction: str | None = None,
         max_length: int | None = None,
         max_doc_tokens: int | None = None,
+        long_documents: LongDocuments | None = None,
     ) -> PreparedRequest:
         """:meth:`prepare` in the engine's encoding pool: never on the event loop, never on the worker."""
         call = functools.partial(
@@ -233,6 +243,7 @@ class ScoringEngine:
             instruction=instruction,
             max_length=max_length,
             max_doc_tokens=max_doc_tokens,
+            long_documents=long_documents,
         )
         return await asyncio.get_running_loop().run_in_executor(self._encoding_pool(), call)
 
@@ -299,12 +310,18 @@ class ScoringEngine:
         max_length: int | None = None,
         max_doc_tokens: int | None = None,
         priority: int = 0,
+        long_documents: LongDocuments | None = None,
     ) -> Future[ScoringResult]:
         """:meth:`prepare` in this thread, then :meth:`submit_prepared`. A request the encoder refuses gives a
         future that fails with that error (so it fails alone, as when queued)."""
         try:
             prepared = self.prepare(
-                pairs, scorer=scorer, instruction=instruction, max_length=max_length, max_doc_tokens=max_doc_tokens
+                pairs,
+                scorer=scorer,
+                instruction=instruction,
+                max_length=max_length,
+                max_doc_tokens=max_doc_tokens,
+                long_documents=long_documents,
             )
         except ValueError as exc:
             failed: Future[ScoringResult] = Future()
@@ -334,10 +351,16 @@ class ScoringEngine:
         max_length: int | None = None,
         max_doc_tokens: int | None = None,
         priority: int = 0,
+        long_documents: LongDocuments | None = None,
     ) -> ScoringResult:
         """:meth:`aprepare` (off the event loop) then :meth:`ascore_prepared`."""
         prepared = await self.aprepare(
-            pairs, scorer=scorer, instruction=instruction, max_length=max_length, max_doc_tokens=max_doc_tokens
+            pairs,
+            scorer=scorer,
+            instruction=instruction,
+            max_length=max_length,
+            max_doc_tokens=max_doc_tokens,
+            long_documents=long_documents,
         )
         return await self.ascore_prepared(prepared, raw=raw, timeout=timeout, priority=priority)
 
@@ -480,7 +503,11 @@ class ScoringEngine:
     def _complete(self, job: PendingRequest) -> None:
         prepared = job.prepared
         log_truncated(prepared.truncated, prepared.pairs, prepared.max_length)
-        scores = scores_from_logits(job.logits, raw=job.raw)
+        logits, chunks = job.logits, None
+        if prepared.chunks is not None:
+            logits, chunks = prepared.chunks.aggregate(logits)
+            log_dropped_chunks(prepared.chunks)
+        scores = scores_from_logits(logits, raw=job.raw)
         result = ScoringResult(
             scores=scores,
             truncated=prepared.truncated,
@@ -488,6 +515,7 @@ class ScoringEngine:
             batches=job.batches,
             shared_prefix_batches=job.shared_prefix_batches,
             queued_s=(job.started if job.started is not None else job.accepted) - job.accepted,
+            chunks=chunks,
         )
         self._end(job, result, "ok")
 

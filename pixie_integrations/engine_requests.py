@@ -7,7 +7,9 @@ import functools
 from dataclasses import dataclass
 from typing import Protocol
 
+from .chunking import ChunkPlan
 from .encoding import EncodedPair, PairEncoder
+from .ranking import ChunkSpan
 
 __all__ = [
     "EncodesPairs",
@@ -39,7 +41,7 @@ class ScoringResult:
     """What one request of the engine gives back."""
 
     scores: list[float]
-    """One Python float per pair, in input order (probability, or logit with ``raw=True``)."""
+    """One Python float per pair (document), in input order (probability, or logit with ``raw=True``)."""
     truncated: int
     """How many documents were longer than the room left by ``max_length`` and had their ends cut."""
     tokens: int
@@ -50,6 +52,8 @@ class ScoringResult:
     """Of those, passes whose pairs shared one query prefix."""
     queued_s: float = 0.0
     """Seconds from acceptance to the request's first forward pass."""
+    chunks: list[ChunkSpan] | None = None
+    """With ``long_documents="chunk"``: each document's winning chunk, in input order; ``None`` otherwise."""
 
 
 class EncodesPairs(Protocol):
@@ -76,11 +80,18 @@ class PreparedRequest:
     """Documents cut by the length limit (not those cut only by ``max_doc_tokens``)."""
     max_length: int
     """The length limit it was encoded with (the scorer's, or a lower one asked for this request)."""
+    chunks: ChunkPlan | None = None
+    """With ``long_documents="chunk"``: which of ``encoded`` (chunk inputs) belong to which document."""
 
     @property
     def pairs(self) -> int:
-        """How many pairs."""
+        """How many inputs run (with chunking, chunk inputs; see :attr:`documents`)."""
         return len(self.encoded)
+
+    @property
+    def documents(self) -> int:
+        """How many documents the request scores (one score each)."""
+        return self.chunks.documents if self.chunks is not None else len(self.encoded)
 
     @functools.cached_property
     def tokens(self) -> int:

@@ -10,14 +10,15 @@ from typing import Any
 
 import torch
 
+from .chunking import ChunkPlan, LongDocuments, log_dropped_chunks, resolve_long_documents
 from .cpu import log_cpu_path_once
 from .encoding import EncodedPair, PairEncoder, check_max_doc_tokens
-from .engine import ScoringEngine, get_engine
+from .engine import ScoringEngine, ScoringResult, get_engine
 from .families import ModelFamily
 from .loading import LoadedModel, load_model
 from .packing import fast_kernel
 from .pipeline import BatchPipeline, BatchSettings, RunStats, log_truncated, scores_from_logits
-from .ranking import RankResult, check_top_n, rank_by_score
+from .ranking import ChunkSpan, RankResult, check_top_n, rank_by_score
 from .template import DEFAULT_INSTRUCTION
 from .tracing import RerankSpan, TracedDocument, record_model, rerank_span
 from .validation import check_documents, check_pairs, check_query
@@ -270,6 +271,12 @@ class PixieScorer:
         instruction: str | None = None,
         raw: bool = False,
         max_doc_tokens: int | None = None,
+        long_documents: str | LongDocuments | None = None,
+        chunk_tokens: int | None = None,
+        chunk_overlap: int | None = None,
+        max_chunks: int | None = None,
+        aggregate: str | None = None,
+        chunk_boundary: str | None = None,
     ) -> list[float]:
         """Score each document against one query.
 
@@ -280,6 +287,19 @@ class PixieScorer:
             raw: Return the logit (log-odds) instead of the probability.
             max_doc_tokens: Cut each document to at most this many tokens; the template is never cut. ``None``:
                 only ``max_length`` applies.
+            long_documents: What happens to a document longer than the room ``max_length`` leaves: ``"truncate"``
+                (the default: its end is cut, as the model card does) or ``"chunk"`` (it is scored in chunks, each
+                a whole template input, and their scores aggregated); or a
+                :class:`~pixie_integrations.LongDocuments` holding all the settings below. A document that fits
+                in one chunk scores exactly as with ``"truncate"``. See docs/long_documents.md.
+            chunk_tokens: Document tokens per chunk; ``None``: all that fit in ``max_length`` after the template.
+            chunk_overlap: Tokens each chunk repeats from the one before (default 0).
+            max_chunks: Most chunks per document; the rest are not scored, and are counted and logged once per
+                call. ``None``: no limit.
+            aggregate: ``"max"`` (the default: the best chunk), ``"first"`` or ``"mean"`` (the sigmoid of the mean
+                logit, so the order does not depend on ``raw``).
+            chunk_boundary: ``"token"`` (the default: any token boundary that decodes cleanly, preferably before a
+                word) or ``"sentence"`` (the last sentence end inside the window, Korean and English).
 
         Returns:
             One Python float per document, in input order: the probability of relevance, the number the model
@@ -287,14 +307,22 @@ class PixieScorer:
         """
         check_query(query)
         docs = check_documents(documents)
+        settings = resolve_long_documents(
+            long_documents,
+            chunk_tokens=chunk_tokens,
+            chunk_overlap=chunk_overlap,
+            max_chunks=max_chunks,
+            aggregate=aggregate,
+            chunk_boundary=chunk_boundary,
+        )
         with rerank_span("PixieScorer.score", entry_point="scorer") as span:
             self._trace_request(span, query, docs, instruction)
-            scores = self._score(
-                ((query, d) for d in docs),
-                len(docs),
+            scores, _ = self._score(
+                [(query, d) for d in docs],
                 instruction=instruction,
                 raw=raw,
                 max_doc_tokens=max_doc_tokens,
+                long_documents=settings,
                 span=span,
             )
             span.result(TracedDocument(d, score=s) for d, s in zip(docs, scores))
@@ -307,13 +335,32 @@ class PixieScorer:
         instruction: str | None = None,
         raw: bool = False,
         max_doc_tokens: int | None = None,
+        long_documents: str | LongDocuments | None = None,
+        chunk_tokens: int | None = None,
+        chunk_overlap: int | None = None,
+        max_chunks: int | None = None,
+        aggregate: str | None = None,
+        chunk_boundary: str | None = None,
     ) -> list[float]:
         """Score (query, document) pairs whose queries differ. Same arguments and return as :meth:`score`."""
         checked = check_pairs(pairs)
+        settings = resolve_long_documents(
+            long_documents,
+            chunk_tokens=chunk_tokens,
+            chunk_overlap=chunk_overlap,
+            max_chunks=max_chunks,
+            aggregate=aggregate,
+            chunk_boundary=chunk_boundary,
+        )
         with rerank_span("PixieScorer.score_pairs", entry_point="scorer") as span:
             self._trace_request(span, _one_query(checked), [d for _, d in checked], instruction)
-            scores = self._score(
-                iter(checked), len(checked), instruction=instruction, raw=raw, max_doc_tokens=max_doc_tokens, span=span
+            scores, _ = self._score(
+                checked,
+                instruction=instruction,
+                raw=raw,
+                max_doc_tokens=max_doc_tokens,
+                long_documents=settings,
+                span=span,
             )
             span.result(TracedDocument(d, score=s) for (_, d), s in zip(checked, scores))
         return scores
@@ -327,6 +374,12 @@ class PixieScorer:
         instruction: str | None = None,
         raw: bool = False,
         max_doc_tokens: int | None = None,
+        long_documents: str | LongDocuments | None = None,
+        chunk_tokens: int | None = None,
+        chunk_overlap: int | None = None,
+        max_chunks: int | None = None,
+        aggregate: str | None = None,
+        chunk_boundary: str | None = None,
     ) -> list[RankResult]:
         """Rank documents by relevance to the query, best first (ties keep input order).
 
@@ -337,15 +390,32 @@ class PixieScorer:
             instruction: Task instruction for this call; ``None`` uses the scorer's.
             raw: Report logits instead of probabilities (the order is the same).
             max_doc_tokens: Cut each document to at most this many tokens; the template is never cut.
+            long_documents, chunk_tokens, chunk_overlap, max_chunks, aggregate, chunk_boundary: As in
+                :meth:`score`; with ``"chunk"`` each result's :attr:`~RankResult.chunk` says which chunk won and
+                where it lies in the document.
         """
         check_top_n(top_n)  # before scoring anything
         check_query(query)
         docs = check_documents(documents)
+        settings = resolve_long_documents(
+            long_documents,
+            chunk_tokens=chunk_tokens,
+            chunk_overlap=chunk_overlap,
+            max_chunks=max_chunks,
+            aggregate=aggregate,
+            chunk_boundary=chunk_boundary,
+        )
         with rerank_span("PixieScorer.rank", entry_point="scorer") as span:
             self._trace_request(span, query, docs, instruction, top_n=top_n)
-            # score() opens no second span inside this one: its work is added to it.
-            scores = self.score(query, docs, instruction=instruction, raw=raw, max_doc_tokens=max_doc_tokens)
-            ranked = rank_by_score(scores, docs, top_n)
+            scores, chunks = self._score(
+                [(query, d) for d in docs],
+                instruction=instruction,
+                raw=raw,
+                max_doc_tokens=max_doc_tokens,
+                long_documents=settings,
+                span=span,
+            )
+            ranked = rank_by_score(scores, docs, top_n, chunks)
             _trace_ranked(span, ranked)
         return ranked
 
@@ -380,21 +450,38 @@ class PixieScorer:
         instruction: str | None = None,
         raw: bool = False,
         max_doc_tokens: int | None = None,
+        long_documents: str | LongDocuments | None = None,
+        chunk_tokens: int | None = None,
+        chunk_overlap: int | None = None,
+        max_chunks: int | None = None,
+        aggregate: str | None = None,
+        chunk_boundary: str | None = None,
     ) -> list[float]:
         """:meth:`score` without holding a thread: awaits the model's batching engine, sharing its forward passes
         with every other concurrent caller. Same arguments and scores; cancelling the task drops the pairs not yet
         run."""
         check_query(query)
         docs = check_documents(documents)
-        self._check_instruction(instruction)
-        check_max_doc_tokens(max_doc_tokens)
+        settings = resolve_long_documents(
+            long_documents,
+            chunk_tokens=chunk_tokens,
+            chunk_overlap=chunk_overlap,
+            max_chunks=max_chunks,
+            aggregate=aggregate,
+            chunk_boundary=chunk_boundary,
+        )
         with rerank_span("PixieScorer.ascore", entry_point="scorer") as span:
             self._trace_request(span, query, docs, instruction)
-            scores = await self._ascore_checked(
-                [(query, d) for d in docs], instruction=instruction, raw=raw, max_doc_tokens=max_doc_tokens, span=span
+            result = await self._ascore_checked(
+                [(query, d) for d in docs],
+                instruction=instruction,
+                raw=raw,
+                max_doc_tokens=max_doc_tokens,
+                long_documents=settings,
+                span=span,
             )
-            span.result(TracedDocument(d, score=s) for d, s in zip(docs, scores))
-        return scores
+            span.result(TracedDocument(d, score=s) for d, s in zip(docs, result.scores))
+        return result.scores
 
     async def ascore_pairs(
         self,
@@ -403,18 +490,35 @@ class PixieScorer:
         instruction: str | None = None,
         raw: bool = False,
         max_doc_tokens: int | None = None,
+        long_documents: str | LongDocuments | None = None,
+        chunk_tokens: int | None = None,
+        chunk_overlap: int | None = None,
+        max_chunks: int | None = None,
+        aggregate: str | None = None,
+        chunk_boundary: str | None = None,
     ) -> list[float]:
         """:meth:`score_pairs` through the batching engine, as :meth:`ascore`."""
         checked = check_pairs(pairs)
-        self._check_instruction(instruction)
-        check_max_doc_tokens(max_doc_tokens)
+        settings = resolve_long_documents(
+            long_documents,
+            chunk_tokens=chunk_tokens,
+            chunk_overlap=chunk_overlap,
+            max_chunks=max_chunks,
+            aggregate=aggregate,
+            chunk_boundary=chunk_boundary,
+        )
         with rerank_span("PixieScorer.ascore_pairs", entry_point="scorer") as span:
             self._trace_request(span, _one_query(checked), [d for _, d in checked], instruction)
-            scores = await self._ascore_checked(
-                checked, instruction=instruction, raw=raw, max_doc_tokens=max_doc_tokens, span=span
+            result = await self._ascore_checked(
+                checked,
+                instruction=instruction,
+                raw=raw,
+                max_doc_tokens=max_doc_tokens,
+                long_documents=settings,
+                span=span,
             )
-            span.result(TracedDocument(d, score=s) for (_, d), s in zip(checked, scores))
-        return scores
+            span.result(TracedDocument(d, score=s) for (_, d), s in zip(checked, result.scores))
+        return result.scores
 
     async def arank(
         self,
@@ -425,15 +529,36 @@ class PixieScorer:
         instruction: str | None = None,
         raw: bool = False,
         max_doc_tokens: int | None = None,
+        long_documents: str | LongDocuments | None = None,
+        chunk_tokens: int | None = None,
+        chunk_overlap: int | None = None,
+        max_chunks: int | None = None,
+        aggregate: str | None = None,
+        chunk_boundary: str | None = None,
     ) -> list[RankResult]:
         """:meth:`rank` through the batching engine, as :meth:`ascore`."""
         check_top_n(top_n)
         check_query(query)
         docs = check_documents(documents)
+        settings = resolve_long_documents(
+            long_documents,
+            chunk_tokens=chunk_tokens,
+            chunk_overlap=chunk_overlap,
+            max_chunks=max_chunks,
+            aggregate=aggregate,
+            chunk_boundary=chunk_boundary,
+        )
         with rerank_span("PixieScorer.arank", entry_point="scorer") as span:
             self._trace_request(span, query, docs, instruction, top_n=top_n)
-            scores = await self.ascore(query, docs, instruction=instruction, raw=raw, max_doc_tokens=max_doc_tokens)
-            ranked = rank_by_score(scores, docs, top_n)
+            result = await self._ascore_checked(
+                [(query, d) for d in docs],
+                instruction=instruction,
+                raw=raw,
+                max_doc_tokens=max_doc_tokens,
+                long_documents=settings,
+                span=span,
+            )
+            ranked = rank_by_score(result.scores, docs, top_n, result.chunks)
             _trace_ranked(span, ranked)
         return ranked
 
@@ -444,11 +569,19 @@ class PixieScorer:
         instruction: str | None,
         raw: bool,
         max_doc_tokens: int | None,
+        long_documents: LongDocuments,
         span: RerankSpan,
-    ) -> list[float]:
+    ) -> ScoringResult:
+        self._check_instruction(instruction)
+        check_max_doc_tokens(max_doc_tokens)
         engine = self.engine
         result = await engine.ascore(
-            pairs, scorer=self, instruction=instruction, raw=raw, max_doc_tokens=max_doc_tokens
+            pairs,
+            scorer=self,
+            instruction=instruction,
+            raw=raw,
+            max_doc_tokens=max_doc_tokens,
+            long_documents=long_documents,
         )
         if span.recording:
             record_model(span, self, engine.settings, engine=True, raw=raw)
@@ -459,8 +592,9 @@ class PixieScorer:
                 batches=result.batches,
                 shared_prefix_batches=result.shared_prefix_batches,
                 queued_seconds=result.queued_s,
+                **_chunk_work(result.chunks),
             )
-        return result.scores
+        return result
 
     @staticmethod
     def _check_instruction(instruction: object) -> None:
@@ -494,35 +628,47 @@ class PixieScorer:
     # -- internals -------------------------------------------------------------------------------------------------
     def _score(
         self,
-        pairs: Iterable[tuple[str, str]],
-        count: int,
+        pairs: list[tuple[str, str]],
         *,
         instruction: str | None,
         raw: bool,
         max_doc_tokens: int | None = None,
+        long_documents: LongDocuments | None = None,
         span: RerankSpan | None = None,
-    ) -> list[float]:
+    ) -> tuple[list[float], list[ChunkSpan] | None]:
+        """Scores in input order, and with chunking each document's winning chunk (else ``None``)."""
         check_max_doc_tokens(max_doc_tokens)  # also for empty input: a bad value is a bug either way
-        if count == 0:
-            return []
+        if not pairs:
+            return [], None
         self._check_instruction(instruction)
         if instruction is None:
             instruction = self.instruction
-        encoded, truncated = self._encoder.encode(list(pairs), instruction, max_doc_tokens=max_doc_tokens)
+        plan: ChunkPlan | None = None
+        if long_documents is not None and long_documents.chunked:
+            encoded, plan, truncated = self._encoder.encode_chunked(
+                pairs, instruction, long_documents, max_doc_tokens=max_doc_tokens
+            )
+        else:
+            encoded, truncated = self._encoder.encode(pairs, instruction, max_doc_tokens=max_doc_tokens)
         stats = RunStats() if span is not None and span.recording else None
         logits = self._run(encoded, stats)
-        log_truncated(truncated, count, self.max_length)
+        log_truncated(truncated, len(encoded), self.max_length)
+        chunks = None
+        if plan is not None:
+            logits, chunks = plan.aggregate(logits)
+            log_dropped_chunks(plan)
         if stats is not None and span is not None:
             record_model(span, self, self.settings, engine=False, raw=raw)
             span.work(
-                pairs=count,
+                pairs=len(pairs),
                 tokens=sum(len(pair) for pair in encoded),
                 truncated=truncated,
                 batches=stats.batches,
                 shared_prefix_batches=stats.shared_prefix_batches,
                 prefix_runs=stats.prefix_runs,
+                **_chunk_work(chunks),
             )
-        return scores_from_logits(logits, raw=raw)
+        return scores_from_logits(logits, raw=raw), chunks
 
     def _run(self, encoded: list[EncodedPair], stats: RunStats | None = None) -> torch.Tensor:
         """Raw float32 logits for encoded pairs, in input order (``stats``: what ran, for the trace)."""
@@ -545,6 +691,13 @@ def _one_query(pairs: list[tuple[str, str]]) -> str | None:
     """The query of pairs that all share one (a trace's ``reranker.query``), else ``None``."""
     queries = {q for q, _ in pairs}
     return next(iter(queries)) if len(queries) == 1 else None
+
+
+def _chunk_work(chunks: list[ChunkSpan] | None) -> dict[str, int]:
+    """What a trace records of chunking: chunk inputs scored and dropped (nothing without chunking)."""
+    if chunks is None:
+        return {}
+    return {"chunks": sum(c.chunks for c in chunks), "chunks_dropped": sum(c.chunks_dropped for c in chunks)}
 
 
 def _trace_ranked(span: RerankSpan, ranked: list[RankResult]) -> None:

@@ -86,6 +86,10 @@ PIXIE_SHARED_PREFIX_BATCHES = "pixie.shared_prefix_batches"
 """Of those, passes whose pairs shared one query prefix (run once, reused by every document)."""
 PIXIE_PREFIX_RUNS = "pixie.prefix_runs"
 """Query prefixes encoded once into a key/value cache for this call (synchronous calls)."""
+PIXIE_CHUNKS = "pixie.chunks"
+"""With ``long_documents="chunk"``: chunk inputs scored (each a whole template input)."""
+PIXIE_CHUNKS_DROPPED = "pixie.chunks_dropped"
+"""With ``long_documents="chunk"``: chunks past ``max_chunks`` that were not scored."""
 PIXIE_PREFIX_REUSE = "pixie.prefix_reuse"
 PIXIE_PACKED = "pixie.packed"
 PIXIE_DEVICE = "pixie.device"
@@ -189,6 +193,8 @@ class RerankSpan:
         shared_prefix_batches: int | None = None,
         prefix_runs: int | None = None,
         queued_seconds: float | None = None,
+        chunks: int | None = None,
+        chunks_dropped: int | None = None,
     ) -> None:
         """What scoring cost, added up over the calls that report to this span (``None``: not known here)."""
 
@@ -272,6 +278,8 @@ class _RecordingSpan(RerankSpan):
         shared_prefix_batches: int | None = None,
         prefix_runs: int | None = None,
         queued_seconds: float | None = None,
+        chunks: int | None = None,
+        chunks_dropped: int | None = None,
     ) -> None:
         counts = self._counts
         for key, value in (
@@ -281,6 +289,8 @@ class _RecordingSpan(RerankSpan):
             (PIXIE_BATCHES, batches),
             (PIXIE_SHARED_PREFIX_BATCHES, shared_prefix_batches),
             (PIXIE_PREFIX_RUNS, prefix_runs),
+            (PIXIE_CHUNKS, chunks),
+            (PIXIE_CHUNKS_DROPPED, chunks_dropped),
         ):
             if value is not None:
                 counts[key] = counts.get(key, 0) + int(value)
