@@ -48,7 +48,7 @@ Boundary = Literal["token", "sentence"]
 
 _SENTENCE_ENDS = frozenset(".!?。！？…")
 _CLOSERS = "\"'”’»)]）」』】"
-# A window may end up to this share of its length before its hard end to land before a word.
+# A window may end up to this share of its length (2 tokens at least) before its hard end to land before a word.
 _WORD_SLACK = 8
 
 
@@ -201,7 +201,7 @@ def _pick_end(
         for k in range(hard, floor - 1, -1):
             if clean[k] and _sentence_ends_before(text, offsets, k):
                 return k
-    for k in range(hard, max(floor, hard - window // _WORD_SLACK) - 1, -1):
+    for k in range(hard, max(floor, hard - max(2, window // _WORD_SLACK)) - 1, -1):
         if word[k]:
             return k
     for k in range(hard, floor - 1, -1):
