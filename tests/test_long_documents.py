@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 from pathlib import Path
 
@@ -103,7 +104,7 @@ def test_plan_windows_prefers_word_starts_and_covers_every_token() -> None:
         at = start + len(word)
     windows = plan_windows(text, offsets, window=5, overlap=1)
     assert windows[0][0] == 0 and windows[-1][1] == len(offsets)
-    for (a, b), (c, _) in zip(windows, windows[1:]):
+    for (_, b), (c, _) in itertools.pairwise(windows):
         assert b % 2 == 0  # ends before a word, never inside one
         assert b - 1 <= c < b
     assert plan_windows(text, offsets, window=100, overlap=0) == [(0, len(offsets))]
