@@ -241,3 +241,9 @@ def test_settings_round_trip_and_resolve() -> None:
     assert resolve_long_documents("chunk", default=settings, chunk_tokens=256).chunk_tokens == 256
     assert resolve_long_documents("truncate", default=settings).strategy == "truncate"
     assert resolve_long_documents(settings, aggregate="max").aggregate == "max"
+
+
+def test_the_example_runs_offline(run_example) -> None:
+    out = run_example("long_documents.py", "--tiny").stdout
+    rows = [line for line in out.splitlines() if " of " in line and "characters" in line]
+    assert len(rows) == 3, out  # one row per document, each naming its winning chunk
