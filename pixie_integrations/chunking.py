@@ -236,12 +236,15 @@ def _pick_start(
 
 def _sentence_ends_before(text: str, offsets: Sequence[tuple[int, int]], k: int) -> bool:
     """Whether token ``k`` starts a sentence: the text before it ends a sentence, or a line break lies between."""
-    before = text[: offsets[k][0]]
-    gap = text[offsets[k - 1][0] : offsets[k][0] + 1]
-    if "\n" in gap:
+    start = offsets[k][0]
+    if "\n" in text[offsets[k - 1][0] : start + 1]:
         return True
-    tail = before.rstrip().rstrip(_CLOSERS)
-    return bool(tail) and tail[-1] in _SENTENCE_ENDS and (before[-1:].isspace() or text[offsets[k][0]].isspace())
+    if not (text[start - 1 : start].isspace() or text[start : start + 1].isspace()):
+        return False  # "3.5", "e.g.x": no space after the mark
+    i = start - 1  # back over spaces and closing quotes, by index: no copy of the text before
+    while i >= 0 and (text[i].isspace() or text[i] in _CLOSERS):
+        i -= 1
+    return i >= 0 and text[i] in _SENTENCE_ENDS
 
 
 @dataclass
