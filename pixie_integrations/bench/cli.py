@@ -78,7 +78,14 @@ def register(subparsers: Any) -> None:
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--workload", choices=sorted(WORKLOADS), default="beir")
+    parser.add_argument(
+        "--workload",
+        choices=sorted(WORKLOADS),
+        default="beir",
+        help="beir (180-token passages), latency (one query), long (median 2,000 tokens, up to 8,192) or long-8k "
+        "(~8,000 tokens per document, as MultiLongDocRetrieval's; time chunked scoring beside whole documents with "
+        "--systems pixie pixie-chunk). Default: %(default)s",
+    )
     parser.add_argument("--preset", choices=["cpu"], help="cpu: 24 pairs (2 queries x 12 documents) of PIXIE's shape")
     parser.add_argument("--model", help="checkpoint to time (default: a random model of --shape, no download)")
     parser.add_argument("--shape", choices=sorted(SHAPES), help="random model shape (default: pixie)")
@@ -89,7 +96,9 @@ def register(subparsers: Any) -> None:
         type=system_arg,
         default=["card-fp32", "card-bf16", "pixie"],
         help="systems to time; the first is the reference. card-fp32, card-bf16 (the model card's code), pixie, "
-        "pixie-fp32, pixie-noprefix, pixie-compile, pixie-padded, pixie-int8 (pixie-rerank quantize's int8 recipe, "
+        "pixie-fp32, pixie-noprefix, pixie-compile, pixie-padded, pixie-chunk (long documents in chunks of 512 "
+        "tokens, the best kept; e.g. pixie-chunk:chunk_tokens=256,aggregate=mean), pixie-int8 (pixie-rerank "
+        "quantize's int8 recipe, "
         "calibrated here on 32 of the workload's pairs, no gate), or pixie:key=value,... for PixieScorer settings "
         f"(e.g. pixie:token_budget=8192,compile=true; settings: {', '.join(SETTINGS)}); the same weights in "
         f"OpenVINO or ONNX Runtime on CPU: {', '.join(PEER_SYSTEMS)} (batch 4, openvino-w8a8 1; e.g. "

@@ -24,6 +24,7 @@ __all__ = [
     "PEER_SETTINGS",
     "PEER_SYSTEMS",
     "PIXIE_PRESETS",
+    "SCORE_SETTINGS",
     "SETTINGS",
     "CardReference",
     "ScoreFn",
@@ -116,12 +117,18 @@ PIXIE_PRESETS: dict[str, dict[str, Any]] = {
     "pixie-noprefix": {"reuse_prefix": False},
     "pixie-compile": {"compile": True},
     "pixie-padded": {"pack": False},
+    "pixie-chunk": {"long_documents": "chunk", "chunk_tokens": 512, "aggregate": "max"},
 }
 # PixieScorer settings a system name may set (pixie:key=value,...), by the kind of value each takes.
 _INT_SETTINGS = ("token_budget", "batch_size", "max_length")
 _BOOL_SETTINGS = ("reuse_prefix", "compile", "pack", "trust_remote_code")
 _STR_SETTINGS = ("dtype", "attn_implementation", "family", "revision", "instruction")
-SETTINGS = tuple(sorted(_INT_SETTINGS + _BOOL_SETTINGS + _STR_SETTINGS))
+# Settings of each score() call rather than of the scorer: how long documents are read (docs/long_documents.md).
+_SCORE_INT_SETTINGS = ("chunk_tokens", "chunk_overlap", "max_chunks", "max_doc_tokens")
+_SCORE_STR_SETTINGS = ("long_documents", "aggregate", "chunk_boundary")
+SCORE_SETTINGS = _SCORE_INT_SETTINGS + _SCORE_STR_SETTINGS
+"""The settings a ``pixie``-family name may carry that go to each ``score`` call."""
+SETTINGS = tuple(sorted(_INT_SETTINGS + _BOOL_SETTINGS + _STR_SETTINGS + SCORE_SETTINGS))
 """The PixieScorer settings a ``pixie``-family name may carry."""
 
 
@@ -162,6 +169,14 @@ def parse_system(name: str) -> tuple[str, dict[str, Any]]:
             settings[key] = _setting_value(key, value)
         except (ValueError, argparse.ArgumentTypeError) as exc:
             raise ValueError(f"{key} in {name!r}: {exc}") from None
+    chunking = {k: v for k, v in settings.items() if k in SCORE_SETTINGS and k != "max_doc_tokens"}
+    if chunking:
+        from ..chunking import resolve_long_documents
+
+        try:
+            resolve_long_documents(chunking.pop("long_documents", None), **chunking)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{name!r}: {exc}") from None
     return base, settings
 
 
@@ -170,7 +185,11 @@ def _setting_value(key: str, value: str) -> Any:
     from ..cli_args import dtype as parse_dtype
     from ..cli_args import positive_int
 
-    if key in _INT_SETTINGS + _CALIBRATION_SETTINGS:
+    if key == "chunk_overlap":
+        if not value.isdigit():
+            raise ValueError(f"expected a whole number of tokens, got {value!r}")
+        return int(value)
+    if key in _INT_SETTINGS + _CALIBRATION_SETTINGS + _SCORE_INT_SETTINGS:
         return positive_int(value)
     if key in _BOOL_SETTINGS:
         if value.lower() not in ("true", "false"):
@@ -197,11 +216,17 @@ def _crossencoder_system(path: str, device: str, dtype: str) -> ScoreFn:
 
 
 def _pixie_system(path: str, device: str, **kwargs: Any) -> ScoreFn:
+    from ..chunking import resolve_long_documents
     from ..scorer import PixieScorer
 
+    per_call = {key: kwargs.pop(key) for key in SCORE_SETTINGS if key in kwargs}
+    max_doc_tokens = per_call.pop("max_doc_tokens", None)
+    long_documents = resolve_long_documents(per_call.pop("long_documents", None), **per_call)  # fails before loading
     scorer = PixieScorer(path, device=device, show_progress_bar=False, **kwargs)
-    logger.info("%s", scorer)
-    return lambda query, documents: scorer.score(query, documents)
+    logger.info("%s, %s", scorer, long_documents)
+    return lambda query, documents: scorer.score(
+        query, documents, max_doc_tokens=max_doc_tokens, long_documents=long_documents
+    )
 
 
 def _pixie_int8_system(
@@ -295,7 +320,5 @@ def missing_bench_extra(systems: Sequence[str]) -> str | None:
     peers = [name for name in systems if name.partition(":")[0] in PEER_SYSTEMS]
     missing = sorted({module for name in peers for module in missing_peer_modules(name.partition(":")[0])})
     if missing:
-        return (
-            f"{', '.join(peers)} need {', '.join(missing)}, not installed here: {install_hint('bench-peers')}"
-        )
+        return f"{', '.join(peers)} need {', '.join(missing)}, not installed here: {install_hint('bench-peers')}"
     return None

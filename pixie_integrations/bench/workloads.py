@@ -30,6 +30,8 @@ class WorkloadSpec:
     sigma: float
     min_tokens: int
     max_tokens: int
+    warm_up_docs: int | None = None
+    """Documents of the first query each system warms up on (``None``: all of them)."""
 
 
 WORKLOADS: dict[str, WorkloadSpec] = {
@@ -38,6 +40,10 @@ WORKLOADS: dict[str, WorkloadSpec] = {
         queries=1, docs_per_query=100, median_tokens=180, sigma=0.7, min_tokens=16, max_tokens=1024
     ),
     "long": WorkloadSpec(queries=4, docs_per_query=16, median_tokens=2000, sigma=0.8, min_tokens=256, max_tokens=8192),
+    # Documents as long as MultiLongDocRetrieval's (~8k tokens): where whole-document attention dominates the cost.
+    "long-8k": WorkloadSpec(
+        queries=2, docs_per_query=4, median_tokens=8000, sigma=0.05, min_tokens=7000, max_tokens=8192, warm_up_docs=1
+    ),
 }
 
 # Qwen3 shapes: PIXIE's own (Qwen3-0.6B) and a 4-layer cut of it (quick; it overstates CPU speed-ups).
