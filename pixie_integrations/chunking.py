@@ -139,7 +139,7 @@ def resolve_long_documents(
     _check_choice("long_documents", long_documents, STRATEGIES)
     if long_documents == "truncate" and given:
         raise ValueError(
-            f"{', '.join(sorted(given))} only apply with long_documents='chunk' (this call says 'truncate')"
+            f"{', '.join(sorted(given))} only apply with long_documents='chunk', not 'truncate'"
         )
     return replace(base, strategy=long_documents, **given)  # type: ignore[arg-type]
 

@@ -35,9 +35,11 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 
 import torch
 
+from .chunking import LongDocuments, resolve_long_documents
 from .loading import resolve_dtype
 from .logs import add_fallback_handler
-from .protocols import score_async
+from .protocols import ascore_documents, score_documents
+from .ranking import CHUNK_METADATA_KEY, ChunkSpan
 from .scorer import DEFAULT_MODEL, PixieScorer
 from .template import DEFAULT_INSTRUCTION
 from .tracing import PIXIE_SCORE_THRESHOLD, RerankSpan, TracedDocument, rerank_span
@@ -242,6 +244,12 @@ class PixieRanker:
         api_base_url: str | None = None,
         api: str = "pixie",
         api_key: Secret | None = Secret.from_env_var("PIXIE_API_KEY", strict=False),  # noqa: B008
+        long_documents: Literal["truncate", "chunk"] = "truncate",
+        chunk_tokens: int | None = None,
+        chunk_overlap: int | None = None,
+        max_chunks: int | None = None,
+        aggregate: Literal["max", "first", "mean"] | None = None,
+        chunk_boundary: Literal["token", "sentence"] | None = None,
     ) -> None:
         """
         Create a PixieRanker. Nothing is loaded until :meth:`warm_up` (or the first :meth:`run`).
@@ -292,6 +300,15 @@ class PixieRanker:
         :param api_key: Sent as ``Authorization: Bearer <key>`` to a server started with an API key; nothing is
             sent when it resolves to no value. Serialized as the names of its environment variables, never as a
             value. Only used with ``api_base_url``.
+        :param long_documents: ``"truncate"`` cuts a document longer than ``max_length`` at its end (the model
+            card's behaviour); ``"chunk"`` scores it in chunks and keeps the best (docs/long_documents.md). With
+            chunking each output document's ``meta["pixie_chunk"]`` holds the winning chunk's span in the scored
+            text (the content, when no prefix or meta fields are scored with it).
+        :param chunk_tokens: With ``"chunk"``: document tokens per chunk; ``None`` fills what ``max_length`` leaves.
+        :param chunk_overlap: With ``"chunk"``: tokens each chunk repeats from the one before; ``None`` is 0.
+        :param max_chunks: With ``"chunk"``: most chunks scored per document (the rest are counted and logged).
+        :param aggregate: With ``"chunk"``: ``"max"`` (the default), ``"first"`` or ``"mean"`` (of logits).
+        :param chunk_boundary: With ``"chunk"``: ``"token"`` (the default) or ``"sentence"`` ends.
         :raises ValueError: If ``top_k``, ``batch_size`` or ``token_budget`` is not > 0, ``dtype`` or ``backend`` is
             unknown or unsupported,
             ``device`` is a multi-device map, ``api`` is unknown or ``api_base_url`` is not an http(s) URL, or
@@ -368,6 +385,21 @@ class PixieRanker:
         self.api_base_url = api_base_url
         self.api = api
         self.api_key = api_key
+        self.long_documents = long_documents
+        self.chunk_tokens = chunk_tokens
+        self.chunk_overlap = chunk_overlap
+        self.max_chunks = max_chunks
+        self.aggregate = aggregate
+        self.chunk_boundary = chunk_boundary
+        # One LongDocuments, checked now: a bad value or a chunk setting next to "truncate" fails at construction.
+        self._long_documents: LongDocuments = resolve_long_documents(
+            long_documents,
+            chunk_tokens=chunk_tokens,
+            chunk_overlap=chunk_overlap,
+            max_chunks=max_chunks,
+            aggregate=aggregate,
+            chunk_boundary=chunk_boundary,
+        )
         _split_dtype(self.dtype, model_kwargs)  # fail now, not at warm-up, on a dtype conflict
         self._scorer: PixieScorer | RemoteScorer | None = None
 
@@ -484,6 +516,12 @@ class PixieRanker:
             api_base_url=self.api_base_url,
             api=self.api,
             api_key=self.api_key,
+            long_documents=self.long_documents,
+            chunk_tokens=self.chunk_tokens,
+            chunk_overlap=self.chunk_overlap,
+            max_chunks=self.max_chunks,
+            aggregate=self.aggregate,
+            chunk_boundary=self.chunk_boundary,
         )
 
     @classmethod
@@ -506,6 +544,12 @@ class PixieRanker:
         top_k: int | None = None,
         scale_score: bool | None = None,
         score_threshold: float | None = None,
+        long_documents: Literal["truncate", "chunk"] | None = None,
+        chunk_tokens: int | None = None,
+        chunk_overlap: int | None = None,
+        max_chunks: int | None = None,
+        aggregate: Literal["max", "first", "mean"] | None = None,
+        chunk_boundary: Literal["token", "sentence"] | None = None,
     ) -> dict[str, list[Document]]:
         """
         Rank documents by relevance to the query, best first.
@@ -521,6 +565,9 @@ class PixieRanker:
         :param top_k: Most documents to return. Overrides the init value when not ``None``.
         :param scale_score: ``True``: probabilities; ``False``: logits. Overrides the init value when not ``None``.
         :param score_threshold: Keep only scores >= this. Overrides the init value when not ``None``.
+        :param long_documents: ``"truncate"`` or ``"chunk"`` for this run; the other chunk settings
+            (``chunk_tokens``, ``chunk_overlap``, ``max_chunks``, ``aggregate``, ``chunk_boundary``) likewise. Each
+            overrides the init value when not ``None``.
         :returns: ``{"documents": [...]}``, sorted by descending score (ties keep input order), threshold
             applied, then cut to ``top_k``.
         :raises ValueError: If ``top_k`` is not > 0.
@@ -528,6 +575,15 @@ class PixieRanker:
         if not documents:
             return {"documents": []}  # before checking top_k, as the reference ranker does
         top_k, scale_score, score_threshold = self._resolve(top_k, scale_score, score_threshold)
+        chunking = resolve_long_documents(
+            long_documents,
+            default=self._long_documents,
+            chunk_tokens=chunk_tokens,
+            chunk_overlap=chunk_overlap,
+            max_chunks=max_chunks,
+            aggregate=aggregate,
+            chunk_boundary=chunk_boundary,
+        )
         candidates, query_text, texts = self._prepare(query, documents)
         if self._scorer is None:
             self._log_lazy_warm_up()
@@ -537,8 +593,8 @@ class PixieRanker:
         with self._rerank_span() as span:
             self._trace_request(span, query_text, documents, top_k, score_threshold)
             unique = list(dict.fromkeys(texts))  # identical texts (under different ids) are scored once
-            scores = scorer.score(query_text, unique, raw=not scale_score)
-            ranked = self._select(candidates, texts, unique, scores, top_k, score_threshold)
+            scores, chunks = score_documents(scorer, query_text, unique, raw=not scale_score, long_documents=chunking)
+            ranked = self._select(candidates, texts, unique, scores, top_k, score_threshold, chunks)
             self._trace_result(span, documents, candidates, ranked)
         return {"documents": ranked}
 
@@ -550,6 +606,12 @@ class PixieRanker:
         top_k: int | None = None,
         scale_score: bool | None = None,
         score_threshold: float | None = None,
+        long_documents: Literal["truncate", "chunk"] | None = None,
+        chunk_tokens: int | None = None,
+        chunk_overlap: int | None = None,
+        max_chunks: int | None = None,
+        aggregate: Literal["max", "first", "mean"] | None = None,
+        chunk_boundary: Literal["token", "sentence"] | None = None,
     ) -> dict[str, list[Document]]:
         """
         Asynchronous :meth:`run`: same parameters and result, and the event loop stays free.
@@ -560,6 +622,15 @@ class PixieRanker:
         if not documents:
             return {"documents": []}
         top_k, scale_score, score_threshold = self._resolve(top_k, scale_score, score_threshold)
+        chunking = resolve_long_documents(
+            long_documents,
+            default=self._long_documents,
+            chunk_tokens=chunk_tokens,
+            chunk_overlap=chunk_overlap,
+            max_chunks=max_chunks,
+            aggregate=aggregate,
+            chunk_boundary=chunk_boundary,
+        )
         candidates, query_text, texts = self._prepare(query, documents)
         if self._scorer is None:
             self._log_lazy_warm_up()
@@ -568,8 +639,10 @@ class PixieRanker:
         with self._rerank_span() as span:
             self._trace_request(span, query_text, documents, top_k, score_threshold)
             unique = list(dict.fromkeys(texts))
-            scores = await score_async(scorer, query_text, unique, raw=not scale_score)
-            ranked = self._select(candidates, texts, unique, scores, top_k, score_threshold)
+            scores, chunks = await ascore_documents(
+                scorer, query_text, unique, raw=not scale_score, long_documents=chunking
+            )
+            ranked = self._select(candidates, texts, unique, scores, top_k, score_threshold, chunks)
             self._trace_result(span, documents, candidates, ranked)
         return {"documents": ranked}
 
@@ -657,14 +730,24 @@ class PixieRanker:
         scores: list[float],
         top_k: int,
         score_threshold: float | None,
+        chunks: list[ChunkSpan | None] | None = None,
     ) -> list[Document]:
         if len(scores) != len(unique):  # a scorer bug must not silently drop or misalign documents
             raise RuntimeError(f"The scorer returned {len(scores)} scores for {len(unique)} texts.")
         by_text = dict(zip(unique, scores, strict=True))
-        ranked = sorted(zip((by_text[t] for t in texts), candidates), key=lambda pair: -pair[0])  # stable
+        chunk_of = dict(zip(unique, chunks, strict=True)) if chunks is not None else {}
+        ranked = sorted(zip((by_text[t] for t in texts), texts, candidates), key=lambda item: -item[0])  # stable
         if score_threshold is not None:
-            ranked = [(score, doc) for score, doc in ranked if score >= score_threshold]
-        return [dataclasses.replace(doc, score=float(score)) for score, doc in ranked[:top_k]]
+            ranked = [item for item in ranked if item[0] >= score_threshold]
+        out = []
+        for score, text, doc in ranked[:top_k]:
+            chunk = chunk_of.get(text)
+            if chunk is None:
+                out.append(dataclasses.replace(doc, score=float(score)))
+            else:  # a new meta dict (deep-copied): the caller's document is left as it was
+                meta = {**copy.deepcopy(doc.meta), CHUNK_METADATA_KEY: chunk.to_dict()}
+                out.append(dataclasses.replace(doc, score=float(score), meta=meta))
+        return out
 
 
 def _load_legacy_type() -> None:

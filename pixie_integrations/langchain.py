@@ -18,7 +18,7 @@ import os
 import sys
 import threading
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 try:
     from langchain_core.callbacks import AsyncCallbackManager, CallbackManager, Callbacks
@@ -32,7 +32,9 @@ except ImportError as exc:  # pragma: no cover - exercised by a test that hides 
 
 import torch
 
-from .protocols import Scorer, score_async, scorer_problem
+from .chunking import LongDocuments, resolve_long_documents
+from .protocols import Scorer, ascore_documents, score_documents, scorer_problem
+from .ranking import CHUNK_METADATA_KEY, ChunkSpan
 from .scorer import DEFAULT_MODEL, PixieScorer
 from .tracing import PIXIE_SCORE_THRESHOLD, RerankSpan, TracedDocument, rerank_span
 
@@ -94,11 +96,24 @@ class PixieRerank(BaseDocumentCompressor):
     """Weight dtype for a created scorer ("float32", "bfloat16", "float16"); None picks per device."""
     max_length: int | None = None
     """Most tokens of one (query, document) input for a created scorer; None uses the model's limit."""
+    long_documents: Literal["truncate", "chunk"] = "truncate"
+    """Documents longer than max_length: "truncate" cuts their end; "chunk" scores chunks and keeps the best."""
+    chunk_tokens: int | None = None
+    """With "chunk": document tokens per chunk; None fills what max_length leaves after the template."""
+    chunk_overlap: int | None = None
+    """With "chunk": tokens each chunk repeats from the one before; None is 0."""
+    max_chunks: int | None = None
+    """With "chunk": most chunks scored per document (the rest are counted and logged); None: no limit."""
+    aggregate: Literal["max", "first", "mean"] | None = None
+    """With "chunk": the best chunk ("max", the default), the first, or the mean logit."""
+    chunk_boundary: Literal["token", "sentence"] | None = None
+    """With "chunk": cut at token boundaries ("token", the default) or at sentence ends ("sentence")."""
 
     # use_attribute_docstrings: the one-line docstrings above become the fields' descriptions (schema, IDE help).
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, use_attribute_docstrings=True)
 
     _scorer: PixieScorer | None = PrivateAttr(default=None)
+    _long_documents: LongDocuments = PrivateAttr(default_factory=LongDocuments)
     _model_scorers: dict[str, PixieScorer] = PrivateAttr(default_factory=dict)
 
     @field_validator("model", mode="before")
@@ -127,6 +142,21 @@ class PixieRerank(BaseDocumentCompressor):
         if value is not None and value <= 0:
             raise ValueError(f"max_length must be positive or None, got {value}")
         return value
+
+    @model_validator(mode="after")
+    def _check_long_documents(self) -> PixieRerank:
+        # One LongDocuments, checked now: a bad value or a chunk setting next to "truncate" fails at construction.
+        self._long_documents = resolve_long_documents(self.long_documents, **self._chunk_fields())
+        return self
+
+    def _chunk_fields(self) -> dict[str, Any]:
+        return {
+            "chunk_tokens": self.chunk_tokens,
+            "chunk_overlap": self.chunk_overlap,
+            "max_chunks": self.max_chunks,
+            "aggregate": self.aggregate,
+            "chunk_boundary": self.chunk_boundary,
+        }
 
     @model_validator(mode="after")
     def _reconcile_scorer(self) -> PixieRerank:
@@ -194,6 +224,12 @@ class PixieRerank(BaseDocumentCompressor):
         instruction: str | None = None,
         score_threshold: float | None | _Unset = _UNSET,
         callbacks: Callbacks = None,
+        long_documents: str | LongDocuments | None = None,
+        chunk_tokens: int | None = None,
+        chunk_overlap: int | None = None,
+        max_chunks: int | None = None,
+        aggregate: str | None = None,
+        chunk_boundary: str | None = None,
     ) -> list[dict[str, Any]]:
         """Score documents against the query and return the kept ones, best first (ties keep input order).
 
@@ -213,11 +249,24 @@ class PixieRerank(BaseDocumentCompressor):
             instruction: Task instruction for this call; ``None`` uses the instance's, then the scorer's.
             score_threshold: Drop documents scoring below it; defaults to the instance's ``score_threshold``.
             callbacks: LangChain callbacks; the rerank is traced as a child run named ``PixieRerank``.
+            long_documents, chunk_tokens, chunk_overlap, max_chunks, aggregate, chunk_boundary: This call's
+                long-document settings (``None``: the instance's); see docs/long_documents.md.
 
         Returns:
-            ``[{"index": position in documents, "relevance_score": float}, ...]``, as ``CohereRerank.rerank`` does.
+            ``[{"index": position in documents, "relevance_score": float}, ...]``, as ``CohereRerank.rerank`` does;
+            with chunking each result also has ``"pixie_chunk"``: the winning chunk's span
+            (:meth:`~pixie_integrations.ChunkSpan.to_dict`).
         """
         n, instr, threshold = self._call_settings(top_n, instruction, score_threshold)
+        chunking = resolve_long_documents(
+            long_documents,
+            default=self._long_documents,
+            chunk_tokens=chunk_tokens,
+            chunk_overlap=chunk_overlap,
+            max_chunks=max_chunks,
+            aggregate=aggregate,
+            chunk_boundary=chunk_boundary,
+        )
         if len(documents) == 0:
             return []  # nothing to score: no model load, no run
         manager = CallbackManager.configure(callbacks, local_metadata=self._run_metadata(n, threshold))
@@ -234,8 +283,15 @@ class PixieRerank(BaseDocumentCompressor):
                 texts = _texts(documents, rank_fields)
                 scorer = self._scorer_for(model)
                 _trace_request(span, query, documents, texts, scorer, n, instr, threshold)
-                scores = scorer.score(query, texts, instruction=instr, **_options(scorer, max_tokens_per_doc))
-                results = _select(scores, len(texts), n, threshold)
+                scores, chunks = score_documents(
+                    scorer,
+                    query,
+                    texts,
+                    instruction=instr,
+                    long_documents=chunking,
+                    **_options(scorer, max_tokens_per_doc),
+                )
+                results = _select(scores, len(texts), n, threshold, chunks)
                 _trace_results(span, texts, results, documents)
         except BaseException as exc:
             run.on_chain_error(exc)
@@ -255,6 +311,12 @@ class PixieRerank(BaseDocumentCompressor):
         instruction: str | None = None,
         score_threshold: float | None | _Unset = _UNSET,
         callbacks: Callbacks = None,
+        long_documents: str | LongDocuments | None = None,
+        chunk_tokens: int | None = None,
+        chunk_overlap: int | None = None,
+        max_chunks: int | None = None,
+        aggregate: str | None = None,
+        chunk_boundary: str | None = None,
     ) -> list[dict[str, Any]]:
         """Async :meth:`rerank`, the same arguments: the event loop stays free.
 
@@ -262,6 +324,15 @@ class PixieRerank(BaseDocumentCompressor):
         first call's model load also runs in a worker thread.
         """
         n, instr, threshold = self._call_settings(top_n, instruction, score_threshold)
+        chunking = resolve_long_documents(
+            long_documents,
+            default=self._long_documents,
+            chunk_tokens=chunk_tokens,
+            chunk_overlap=chunk_overlap,
+            max_chunks=max_chunks,
+            aggregate=aggregate,
+            chunk_boundary=chunk_boundary,
+        )
         if len(documents) == 0:
             return []
         manager = AsyncCallbackManager.configure(callbacks, local_metadata=self._run_metadata(n, threshold))
@@ -277,8 +348,10 @@ class PixieRerank(BaseDocumentCompressor):
                 scorer = await asyncio.to_thread(self._scorer_for, model)  # may load the model (seconds)
                 _trace_request(span, query, documents, texts, scorer, n, instr, threshold)
                 options = _options(scorer, max_tokens_per_doc)
-                scores = await score_async(scorer, query, texts, instruction=instr, **options)
-                results = _select(scores, len(texts), n, threshold)
+                scores, chunks = await ascore_documents(
+                    scorer, query, texts, instruction=instr, long_documents=chunking, **options
+                )
+                results = _select(scores, len(texts), n, threshold, chunks)
                 _trace_results(span, texts, results, documents)
         except BaseException as exc:
             await run.on_chain_error(exc)
@@ -292,7 +365,8 @@ class PixieRerank(BaseDocumentCompressor):
         query: str,
         callbacks: Callbacks | None = None,
     ) -> Sequence[Document]:
-        """Rerank documents: copies of the kept ones, best first, each with ``metadata["relevance_score"]``.
+        """Rerank documents: copies of the kept ones, best first, each with ``metadata["relevance_score"]`` (and
+        with chunking ``metadata["pixie_chunk"]``, the winning chunk's span in ``page_content``).
 
         The input documents are not modified, and the copies share no mutable metadata with them (nested values are
         copied too); their ``id`` and other metadata are kept.
@@ -381,7 +455,11 @@ def _options(scorer: Scorer, max_tokens_per_doc: int | None) -> dict[str, Any]:
 
 
 def _select(
-    scores: Sequence[float], count: int, top_n: int | None, score_threshold: float | None
+    scores: Sequence[float],
+    count: int,
+    top_n: int | None,
+    score_threshold: float | None,
+    chunks: Sequence[ChunkSpan | None] | None = None,
 ) -> list[dict[str, Any]]:
     if len(scores) != count:  # a scorer bug must not silently drop or misalign documents
         raise RuntimeError(f"The scorer returned {len(scores)} scores for {count} documents.")
@@ -391,7 +469,13 @@ def _select(
         order = [i for i in order if scores[i] >= score_threshold]
     if top_n is not None:
         order = order[:top_n]
-    return [{"index": i, "relevance_score": float(scores[i])} for i in order]
+    results: list[dict[str, Any]] = [{"index": i, "relevance_score": float(scores[i])} for i in order]
+    if chunks is not None:
+        for result in results:
+            chunk = chunks[result["index"]]
+            if chunk is not None:
+                result[CHUNK_METADATA_KEY] = chunk.to_dict()
+    return results
 
 
 def _scored_copies(documents: Sequence[Document], results: list[dict[str, Any]]) -> list[Document]:
@@ -402,6 +486,8 @@ def _scored_copies(documents: Sequence[Document], results: list[dict[str, Any]])
         # stay untouched whatever is done to the output, `id` survives, and a stale relevance_score from an earlier
         # reranker is overwritten rather than kept.
         metadata = {**copy.deepcopy(doc.metadata), "relevance_score": result["relevance_score"]}
+        if CHUNK_METADATA_KEY in result:  # chunked: where in the document the winning chunk lies
+            metadata[CHUNK_METADATA_KEY] = dict(result[CHUNK_METADATA_KEY])
         copies.append(doc.model_copy(update={"metadata": metadata}))
     return copies
 

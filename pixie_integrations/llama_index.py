@@ -20,10 +20,10 @@ import os
 import sys
 import threading
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 try:
-    from llama_index.core.bridge.pydantic import ConfigDict, Field, PrivateAttr, field_validator
+    from llama_index.core.bridge.pydantic import ConfigDict, Field, PrivateAttr, field_validator, model_validator
     from llama_index.core.callbacks import CallbackManager, CBEventType, EventPayload
     from llama_index.core.instrumentation import get_dispatcher
     from llama_index.core.instrumentation.events.rerank import ReRankEndEvent, ReRankStartEvent
@@ -36,12 +36,14 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 
 import torch
 
+from .chunking import LongDocuments, resolve_long_documents
 from .loading import resolve_dtype
-from .protocols import Scorer, score_async, scorer_problem
+from .protocols import Scorer, ascore_documents, score_documents, scorer_problem
+from .ranking import CHUNK_METADATA_KEY, ChunkSpan
 from .scorer import DEFAULT_MODEL, PixieScorer
 from .tracing import RerankSpan, TracedDocument, rerank_span
 
-__all__ = ["RETRIEVAL_SCORE_KEY", "PixieRerank"]
+__all__ = ["CHUNK_METADATA_KEY", "RETRIEVAL_SCORE_KEY", "PixieRerank"]
 
 logger = logging.getLogger(__name__)
 dispatcher = get_dispatcher(__name__)
@@ -112,6 +114,11 @@ class PixieRerank(BaseNodePostprocessor):
         callback_manager: LlamaIndex callback manager (query engines set their own).
         cross_encoder_kwargs: The newer ``SentenceTransformerRerank``'s CrossEncoder options, so that its saved
             configs load: ``max_length`` and ``trust_remote_code`` are taken as those settings; others are refused.
+        long_documents: ``"truncate"`` (the default) cuts a document longer than ``max_length``; ``"chunk"`` scores
+            it in chunks and keeps the best (docs/long_documents.md). The winning chunk's span goes into a copied
+            node's ``metadata["pixie_chunk"]`` (left out of the embed and LLM text).
+        chunk_tokens, chunk_overlap, max_chunks, aggregate, chunk_boundary: The chunking settings, as
+            :meth:`PixieScorer.score` takes them (``None``: its defaults); only with ``long_documents="chunk"``.
     """
 
     # LlamaIndex components silently drop unknown arguments; a typo such as ``top_k=`` must fail instead.
@@ -142,6 +149,25 @@ class PixieRerank(BaseNodePostprocessor):
     trust_remote_code: bool = Field(
         default=False, description="Allow checkpoints that ship their own modelling code (some encoder rerankers)."
     )
+    long_documents: Literal["truncate", "chunk"] = Field(
+        default="truncate",
+        description="Documents longer than max_length: 'truncate' cuts their end; 'chunk' scores chunks, keeps the best.",
+    )
+    chunk_tokens: int | None = Field(
+        default=None, description="With 'chunk': document tokens per chunk; None fills what max_length leaves."
+    )
+    chunk_overlap: int | None = Field(
+        default=None, description="With 'chunk': tokens each chunk repeats from the one before; None is 0."
+    )
+    max_chunks: int | None = Field(
+        default=None, description="With 'chunk': most chunks scored per document (the rest counted, logged)."
+    )
+    aggregate: Literal["max", "first", "mean"] | None = Field(
+        default=None, description="With 'chunk': the best chunk ('max', the default), the first, or the mean logit."
+    )
+    chunk_boundary: Literal["token", "sentence"] | None = Field(
+        default=None, description="With 'chunk': cut at token boundaries ('token', the default) or sentence ends."
+    )
 
     _slot: _ScorerSlot = PrivateAttr(default_factory=_ScorerSlot)
 
@@ -160,6 +186,12 @@ class PixieRerank(BaseNodePostprocessor):
         scorer: Scorer | None = None,
         callback_manager: CallbackManager | None = None,
         cross_encoder_kwargs: dict[str, Any] | None = None,
+        long_documents: str = "truncate",
+        chunk_tokens: int | None = None,
+        chunk_overlap: int | None = None,
+        max_chunks: int | None = None,
+        aggregate: str | None = None,
+        chunk_boundary: str | None = None,
     ) -> None:
         if isinstance(top_n, (str, os.PathLike)):
             # A ValueError, as pydantic raises for every other bad top_n.
@@ -204,6 +236,12 @@ class PixieRerank(BaseNodePostprocessor):
             dtype=dtype,
             max_length=max_length,
             trust_remote_code=trust_remote_code,
+            long_documents=long_documents,
+            chunk_tokens=chunk_tokens,
+            chunk_overlap=chunk_overlap,
+            max_chunks=max_chunks,
+            aggregate=aggregate,
+            chunk_boundary=chunk_boundary,
             **kwargs,
         )
         if scorer is not None:
@@ -231,6 +269,23 @@ class PixieRerank(BaseNodePostprocessor):
         if value is None:
             return None
         return str(resolve_dtype(value, torch.device("cpu"))).removeprefix("torch.")
+
+    @model_validator(mode="after")
+    def _check_long_documents(self) -> PixieRerank:
+        self.long_document_settings  # noqa: B018 - a bad combination fails at construction (and on assignment)
+        return self
+
+    @property
+    def long_document_settings(self) -> LongDocuments:
+        """The long-document fields as one :class:`~pixie_integrations.LongDocuments`."""
+        return resolve_long_documents(
+            self.long_documents,
+            chunk_tokens=self.chunk_tokens,
+            chunk_overlap=self.chunk_overlap,
+            max_chunks=self.max_chunks,
+            aggregate=self.aggregate,
+            chunk_boundary=self.chunk_boundary,
+        )
 
     # -- the scorer ------------------------------------------------------------------------------------------------
     @property
@@ -281,8 +336,10 @@ class PixieRerank(BaseNodePostprocessor):
             rerank_span(_SPAN_NAME, entry_point="llama_index", merge_into=_instrumentor_span()) as span,
         ):
             self._trace_request(span, query, nodes, texts, scorer)
-            scores = scorer.score(query, texts, instruction=self.instruction)
-            reranked = self._rerank(nodes, scores)
+            scores, chunks = score_documents(
+                scorer, query, texts, instruction=self.instruction, long_documents=self.long_document_settings
+            )
+            reranked = self._rerank(nodes, scores, chunks)
             _trace_result(span, nodes, texts, scores, self.top_n)
             event.on_end(payload={EventPayload.NODES: reranked})
         dispatcher.event(ReRankEndEvent(nodes=reranked))
@@ -306,9 +363,11 @@ class PixieRerank(BaseNodePostprocessor):
             rerank_span(_SPAN_NAME, entry_point="llama_index", merge_into=_instrumentor_span()) as span,
         ):
             self._trace_request(span, query, nodes, texts, scorer)
-            # An async scorer (ascore) is awaited; a sync one runs in a worker thread.
-            scores = await score_async(scorer, query, texts, instruction=self.instruction)
-            reranked = self._rerank(nodes, scores)
+            # An async scorer (ascore, arank) is awaited; a sync one runs in a worker thread.
+            scores, chunks = await ascore_documents(
+                scorer, query, texts, instruction=self.instruction, long_documents=self.long_document_settings
+            )
+            reranked = self._rerank(nodes, scores, chunks)
             _trace_result(span, nodes, texts, scores, self.top_n)
             event.on_end(payload={EventPayload.NODES: reranked})
         dispatcher.event(ReRankEndEvent(nodes=reranked))
@@ -342,11 +401,21 @@ class PixieRerank(BaseNodePostprocessor):
             EventPayload.TOP_K: self.top_n,
         }
 
-    def _rerank(self, nodes: Sequence[NodeWithScore], scores: Sequence[float]) -> list[NodeWithScore]:
+    def _rerank(
+        self,
+        nodes: Sequence[NodeWithScore],
+        scores: Sequence[float],
+        chunks: Sequence[ChunkSpan | None] | None = None,
+    ) -> list[NodeWithScore]:
         if len(scores) != len(nodes):  # a scorer bug must not silently drop or misalign nodes
             raise RuntimeError(f"The scorer returned {len(scores)} scores for {len(nodes)} nodes.")
         return [
-            _rescored(nodes[i], float(scores[i]), keep_retrieval_score=self.keep_retrieval_score)
+            _rescored(
+                nodes[i],
+                float(scores[i]),
+                keep_retrieval_score=self.keep_retrieval_score,
+                chunk=chunks[i] if chunks is not None else None,
+            )
             for i in _rank_order(scores)[: self.top_n]
         ]
 
@@ -400,25 +469,32 @@ def _rank_order(scores: Sequence[float]) -> list[int]:
     return sorted(range(len(scores)), key=lambda i: (math.isnan(scores[i]), -scores[i]))
 
 
-def _rescored(item: NodeWithScore, score: float, *, keep_retrieval_score: bool) -> NodeWithScore:
+def _rescored(
+    item: NodeWithScore, score: float, *, keep_retrieval_score: bool, chunk: ChunkSpan | None = None
+) -> NodeWithScore:
     """A new ``NodeWithScore``; the inner node is shared unless metadata must change, then it is copied."""
     node = item.node
+    added: dict[str, Any] = {}
     if keep_retrieval_score:
+        added[RETRIEVAL_SCORE_KEY] = item.score
+    if chunk is not None:
+        added[CHUNK_METADATA_KEY] = chunk.to_dict()
+    if added:
         # Copy metadata (deeply: nested values too) and the exclusion lists: model_copy is shallow, and the caller's
         # node must not change.
-        # Excluding the key keeps "retrieval_score: 0.83" out of the text later embedded or shown to the LLM.
+        # Excluding the keys keeps "retrieval_score: 0.83" out of the text later embedded or shown to the LLM.
         node = node.model_copy(
             update={
-                "metadata": {**copy.deepcopy(node.metadata), RETRIEVAL_SCORE_KEY: item.score},
-                "excluded_embed_metadata_keys": _with_key(node.excluded_embed_metadata_keys),
-                "excluded_llm_metadata_keys": _with_key(node.excluded_llm_metadata_keys),
+                "metadata": {**copy.deepcopy(node.metadata), **added},
+                "excluded_embed_metadata_keys": _with_keys(node.excluded_embed_metadata_keys, added),
+                "excluded_llm_metadata_keys": _with_keys(node.excluded_llm_metadata_keys, added),
             }
         )
     return NodeWithScore(node=node, score=score)
 
 
-def _with_key(keys: list[str]) -> list[str]:
-    return list(keys) if RETRIEVAL_SCORE_KEY in keys else [*keys, RETRIEVAL_SCORE_KEY]
+def _with_keys(keys: list[str], added: dict[str, Any]) -> list[str]:
+    return [*keys, *(key for key in added if key not in keys)]
 
 
 def _same_model(a: str | os.PathLike[str], b: str) -> bool:

@@ -16,14 +16,18 @@ import inspect
 from collections.abc import Iterable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
-from .ranking import RankResult, rank_by_score
+from .chunking import LongDocuments
+from .ranking import ChunkSpan, RankResult, rank_by_score
 
 __all__ = [
     "SCORER_MEMBERS",
     "AsyncScorer",
+    "ScoredDocuments",
     "Scorer",
+    "ascore_documents",
     "rank_with",
     "score_async",
+    "score_documents",
     "score_pairs_with",
     "scorer_problem",
 ]
@@ -140,3 +144,93 @@ async def score_async(
     if ascore is not None and inspect.iscoroutinefunction(ascore):
         return await ascore(query, documents, instruction=instruction, raw=raw, **options)
     return await asyncio.to_thread(scorer.score, query, documents, instruction=instruction, raw=raw, **options)
+
+
+ScoredDocuments = tuple[list[float], list[ChunkSpan | None] | None]
+"""Scores in input order, and with chunking each document's winning chunk (``None`` without chunking)."""
+
+
+def _chunking_rank(scorer: Scorer, name: str) -> Any:
+    """The scorer's ``rank`` / ``arank`` if it takes ``long_documents``, else a ``TypeError`` saying what is needed."""
+    method = getattr(scorer, name, None)
+    if callable(method):
+        parameters = inspect.signature(method).parameters
+        if "long_documents" in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
+            return method
+    if name == "arank":
+        return None
+    raise TypeError(
+        f"long_documents='chunk' needs a scorer that chunks (rank(..., long_documents=...)), such as a PixieScorer "
+        f"or a RemoteScorer; {type(scorer).__name__} has no such rank."
+    )
+
+
+def _in_input_order(ranked: Sequence[RankResult], count: int) -> ScoredDocuments:
+    if len(ranked) != count:  # a scorer bug must not silently drop or misalign documents
+        raise RuntimeError(f"The scorer ranked {len(ranked)} documents of {count}.")
+    scores = [0.0] * count
+    spans: list[ChunkSpan | None] = [None] * count
+    for result in ranked:
+        scores[result.index] = float(result.score)
+        spans[result.index] = result.chunk
+    return scores, spans
+
+
+def score_documents(
+    scorer: Scorer,
+    query: str,
+    documents: Sequence[str],
+    *,
+    instruction: str | None = None,
+    raw: bool = False,
+    long_documents: LongDocuments | None = None,
+    **options: Any,
+) -> ScoredDocuments:
+    """What the adapters score with: ``scorer.score`` (truncating), or with ``long_documents`` chunking,
+    ``scorer.rank(..., top_n=None, long_documents=...)`` put back in input order with each winning chunk.
+
+    ``options`` (``max_doc_tokens=...``) are passed on as they are; give only the ones the scorer accepts.
+
+    Raises:
+        TypeError: Chunking was asked of a scorer whose ``rank`` takes no ``long_documents``.
+    """
+    if long_documents is None or not long_documents.chunked:
+        return [float(s) for s in scorer.score(query, documents, instruction=instruction, raw=raw, **options)], None
+    rank = _chunking_rank(scorer, "rank")
+    ranked = rank(
+        query, documents, top_n=None, instruction=instruction, raw=raw, long_documents=long_documents, **options
+    )
+    return _in_input_order(ranked, len(documents))
+
+
+async def ascore_documents(
+    scorer: Scorer,
+    query: str,
+    documents: Sequence[str],
+    *,
+    instruction: str | None = None,
+    raw: bool = False,
+    long_documents: LongDocuments | None = None,
+    **options: Any,
+) -> ScoredDocuments:
+    """:func:`score_documents` from async code: ``ascore`` / ``arank`` awaited where the scorer has them, else the
+    synchronous call in a worker thread."""
+    if long_documents is None or not long_documents.chunked:
+        scores = await score_async(scorer, query, documents, instruction=instruction, raw=raw, **options)
+        return [float(s) for s in scores], None
+    arank = _chunking_rank(scorer, "arank")
+    if arank is not None and inspect.iscoroutinefunction(arank):
+        ranked = await arank(
+            query, documents, top_n=None, instruction=instruction, raw=raw, long_documents=long_documents, **options
+        )
+        return _in_input_order(ranked, len(documents))
+    return await asyncio.to_thread(
+        score_documents,
+        scorer,
+        query,
+        documents,
+        instruction=instruction,
+        raw=raw,
+        long_documents=long_documents,
+        **options,
+    )
