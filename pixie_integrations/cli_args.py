@@ -151,3 +151,56 @@ def add_device_dtype(parser: Any, *, dtype_default: str | None = None, dtype_hel
         or "float32, bfloat16 or float16 (default: bfloat16 on CUDA and on CPUs with bfloat16 matrix units, "
         "else float32)",
     )
+
+
+def add_long_document_flags(parser: Any, *, default_help: str) -> None:
+    """``--long-documents`` and the chunk flags (``serve`` and ``eval``; docs/long_documents.md)."""
+    from .chunking import AGGREGATES, BOUNDARIES, STRATEGIES
+
+    group = parser.add_argument_group("long documents (longer than --max-length)")
+    group.add_argument("--long-documents", choices=STRATEGIES, default=None, help=default_help)
+    group.add_argument(
+        "--chunk-tokens", type=positive_int, help="with chunk: document tokens per chunk (default: all that fit)"
+    )
+    group.add_argument(
+        "--chunk-overlap", type=non_negative_int, help="with chunk: tokens a chunk repeats from the one before"
+    )
+    group.add_argument("--max-chunks", type=positive_int, help="with chunk: most chunks scored per document")
+    group.add_argument("--aggregate", choices=AGGREGATES, help="with chunk: how chunk scores combine (default max)")
+    group.add_argument("--chunk-boundary", choices=BOUNDARIES, help="with chunk: where chunks end (default token)")
+
+
+def long_documents_from(args: argparse.Namespace) -> Any:
+    """The :class:`~pixie_integrations.LongDocuments` the flags of :func:`add_long_document_flags` ask for.
+
+    Raises:
+        ValueError: A chunk flag without ``--long-documents chunk``, or values that do not fit together (the
+            message names the flags).
+    """
+    from .chunking import resolve_long_documents
+
+    try:
+        return resolve_long_documents(
+            args.long_documents,
+            chunk_tokens=args.chunk_tokens,
+            chunk_overlap=args.chunk_overlap,
+            max_chunks=args.max_chunks,
+            aggregate=args.aggregate,
+            chunk_boundary=args.chunk_boundary,
+        )
+    except ValueError as exc:  # the flags' spelling, not the keyword arguments'
+        message = str(exc)
+        for name in ("long_documents", "chunk_tokens", "chunk_overlap", "max_chunks", "aggregate", "chunk_boundary"):
+            message = message.replace(name, "--" + name.replace("_", "-"))
+        raise ValueError(message) from None
+
+
+def non_negative_int(text: str) -> int:
+    """argparse ``type=``: a whole number, 0 or more."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value

@@ -91,7 +91,15 @@ def test_core_never_imports_haystack_and_missing_extra_names_the_install_command
 def test_run_and_run_async_have_the_same_signature() -> None:
     run = inspect.signature(PixieRanker.run)
     assert run == inspect.signature(PixieRanker.run_async)
-    assert list(run.parameters) == ["self", "query", "documents", "top_k", "scale_score", "score_threshold"]
+    assert list(run.parameters) == [
+        "self",
+        "query",
+        "documents",
+        "top_k",
+        "scale_score",
+        "score_threshold",
+        *("long_documents", "chunk_tokens", "chunk_overlap", "max_chunks", "aggregate", "chunk_boundary"),
+    ]
     init = inspect.signature(PixieRanker.__init__)
     assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for name, p in init.parameters.items() if name != "self")
     assert init.parameters["model"].default == DEFAULT_MODEL

@@ -132,9 +132,11 @@ def check_prepared(prepared: PreparedRequest, limits: ServerLimits) -> None:
     """413 when the tokenized request (after truncation) is over ``max_document_tokens`` or ``max_request_tokens``."""
     assert limits.max_document_tokens is not None and limits.max_request_tokens is not None  # resolved by create_app
     pair_tokens = prepared.pair_tokens
+    owners = prepared.chunks.owners if prepared.chunks is not None else None  # chunk inputs: name their document
     for i, tokens in enumerate(pair_tokens):
         if tokens > limits.max_document_tokens:
-            raise _too_many_document_tokens(i, tokens, limits.max_document_tokens, exact=True)
+            document = owners[i] if owners is not None else i
+            raise _too_many_document_tokens(document, tokens, limits.max_document_tokens, exact=True)
     total = sum(pair_tokens)
     if total > limits.max_request_tokens:
         raise _too_many_request_tokens(total, limits.max_request_tokens, exact=True)

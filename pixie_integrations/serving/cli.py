@@ -12,7 +12,7 @@ import sys
 from dataclasses import fields
 from typing import Any
 
-from ..cli_args import add_device_dtype, fail
+from ..cli_args import add_device_dtype, add_long_document_flags, fail, long_documents_from
 from .limits import CPU_TOKEN_DEFAULTS, GPU_TOKEN_DEFAULTS, ServerLimits
 
 __all__ = ["register"]
@@ -88,6 +88,11 @@ def register(subparsers: Any) -> None:
         action="store_true",
         help="serve GET /metrics (Prometheus) without the API key, for a scraper that has none (default: it needs "
         "the key like every route but /health and /ready)",
+    )
+    add_long_document_flags(
+        parser,
+        default_help="the default for requests that ask for no strategy: truncate (cut the end; the default) or "
+        "chunk (score chunks, keep the best). Cohere's max_chunks_per_doc / max_tokens_per_doc ask for chunks.",
     )
     _add_limits(parser.add_argument_group("limits (past one, a clear 4xx, or 503 when the engine is full)"))
     parser.set_defaults(func=_run)
@@ -182,6 +187,10 @@ def _run(args: argparse.Namespace) -> int:
         return _fail(str(exc))
     from ..loading import ModelLoadError
 
+    try:
+        long_documents = long_documents_from(args)
+    except ValueError as exc:
+        return _fail(str(exc))
     settings: dict[str, Any] = {"device": args.device, "dtype": args.dtype, "max_length": args.max_length}
     if args.instruction is not None:
         settings["instruction"] = args.instruction
@@ -203,6 +212,7 @@ def _run(args: argparse.Namespace) -> int:
             ready_requires_key=args.ready_requires_key,
             metrics_without_key=args.metrics_without_key,
             sock=sock,
+            long_documents=long_documents,
             **settings,
         )
     except (ServerStartError, ModelLoadError, ValueError) as exc:

@@ -23,8 +23,9 @@ from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
+from ..chunking import LongDocuments, resolve_long_documents
 from ..engine import EngineOverloadedError, PreparedRequest, ScoringEngine, ScoringResult, ScoringTimeoutError
-from ..ranking import rank_by_score
+from ..ranking import CHUNK_METADATA_KEY, rank_by_score
 from .admission import check_json_content_type, check_prepared, check_sizes, check_token_floor, token_floor
 from .errors import ApiError, describe_validation_errors, plain_message
 from .limits import ServerLimits
@@ -63,11 +64,20 @@ def json_response(payload: Any, status: int = 200) -> Response:
 class Routes:
     """The handlers of one app: its scorer, served names and resolved limits."""
 
-    def __init__(self, scorer: PixieScorer, engine: ScoringEngine, names: Sequence[str], limits: ServerLimits) -> None:
+    def __init__(
+        self,
+        scorer: PixieScorer,
+        engine: ScoringEngine,
+        names: Sequence[str],
+        limits: ServerLimits,
+        long_documents: LongDocuments | None = None,
+    ) -> None:
         self.scorer = scorer
         self.engine = engine
         self.names = list(names)
         self.limits = limits
+        self.long_documents = long_documents if long_documents is not None else LongDocuments()
+        """The server's default for requests that ask for no strategy (``--long-documents``)."""
         self.created = int(time.time())
         self.token_floor = token_floor(scorer)
 
@@ -76,29 +86,32 @@ class Routes:
         raw = await self._body(request)
         body, texts = await _maybe_off_loop(len(raw), _parse_rerank, raw)
         model = self._model_of(body.model)
+        chunking, max_doc_tokens = self._rerank_chunking(body)
         result = await self._score(
             request,
             [(body.query, t) for t in texts],
             instruction=body.instruction,
             raw=body.use_activation is False,
             truncate_prompt_tokens=body.truncate_prompt_tokens,
-            max_doc_tokens=body.max_tokens_per_doc,
+            max_doc_tokens=max_doc_tokens,
             priority=body.priority,
             ranked=True,
             top_n=body.top_n or None,
+            long_documents=chunking,
         )
         # Plain dicts in the shape of RerankResponse (the documented model; a test holds them equal): building the
         # pydantic models only to dump them again costs more than the rest of the response.
         echo = body.return_documents
-        results = [
+        results: list[dict[str, Any]] = [
             {"index": hit.index, "relevance_score": hit.score, "document": _echo(body.documents[hit.index])}
             if echo
             else {"index": hit.index, "relevance_score": hit.score}
             for hit in rank_by_score(result.scores, texts, body.top_n or None)  # top_n 0: all
         ]
+        if result.chunks is not None:
+            for item in results:
+                item[CHUNK_METADATA_KEY] = result.chunks[item["index"]].to_dict()
         warnings = _warnings(result, len(texts))
-        if body.max_chunks_per_doc is not None:
-            warnings.append("max_chunks_per_doc is ignored: long documents are truncated, not chunked")
         meta: dict[str, Any] = {
             "billed_units": {"search_units": 1},
             "tokens": {"input_tokens": result.tokens, "output_tokens": 0},
@@ -136,15 +149,17 @@ class Routes:
             raw=body.raw or body.use_activation is False,
             truncate_prompt_tokens=body.truncate_prompt_tokens,
             priority=body.priority,
+            long_documents=self._chunking(body.long_documents, body.chunk_settings()),
         )
-        return json_response(
-            {
-                "id": body.request_id or _new_id("score"),
-                "model": model,
-                "scores": result.scores,
-                "usage": _usage(result, len(pairs)),
-            }
-        )
+        answer: dict[str, Any] = {
+            "id": body.request_id or _new_id("score"),
+            "model": model,
+            "scores": result.scores,
+            "usage": _usage(result, len(pairs)),
+        }
+        if result.chunks is not None:
+            answer["chunks"] = [chunk.to_dict() for chunk in result.chunks]
+        return json_response(answer)
 
     async def _vllm_score(self, request: Request, body: VllmScoreRequest) -> Response:
         model = self._model_of(body.model)
@@ -158,6 +173,7 @@ class Routes:
             raw=body.use_activation is False,
             truncate_prompt_tokens=body.truncate_prompt_tokens,
             priority=body.priority,
+            long_documents=self.long_documents,  # vLLM's shape has no such fields: the server's default
         )
         return json_response(
             {
@@ -197,6 +213,34 @@ class Routes:
         return json_response(payload, status=503 if full else 200)
 
     # -- the steps of a scoring request ------------------------------------------------------------------------------
+    def _chunking(self, strategy: str | None, settings: dict[str, Any]) -> LongDocuments:
+        """A request's long-document settings over the server's default; 422 with the reason for a bad one."""
+        try:
+            return resolve_long_documents(strategy, default=self.long_documents, **settings)
+        except (TypeError, ValueError) as exc:
+            raise ApiError(422, plain_message(exc), param="long_documents") from None
+
+    def _rerank_chunking(self, body: RerankRequest) -> tuple[LongDocuments, int | None]:
+        """The settings of a rerank request, and the ``max_doc_tokens`` cut that applies (``None``: none).
+
+        Cohere's fields ask for chunks, as Cohere's API reads them: ``max_chunks_per_doc`` (v1) caps the chunks of a
+        document, and a document longer than ``max_tokens_per_doc`` (v2) is scored in chunks of that many tokens,
+        the best kept. This server's own fields, where given, win; ``long_documents: "truncate"`` with
+        ``max_tokens_per_doc`` cuts documents to that length instead.
+        """
+        settings = body.chunk_settings()
+        cohere = body.max_chunks_per_doc is not None or body.max_tokens_per_doc is not None
+        strategy = body.long_documents
+        if strategy is None and cohere:
+            strategy = "chunk"
+        if strategy == "chunk":
+            if settings["max_chunks"] is None:
+                settings["max_chunks"] = body.max_chunks_per_doc
+            if settings["chunk_tokens"] is None:
+                settings["chunk_tokens"] = body.max_tokens_per_doc
+            return self._chunking(strategy, settings), None
+        return self._chunking(strategy, settings), body.max_tokens_per_doc
+
     def _model_of(self, requested: str | None) -> str:
         if requested is None:
             return self.names[0]
@@ -247,6 +291,7 @@ class Routes:
         max_doc_tokens: int | None = None,
         ranked: bool = False,
         top_n: int | None = None,
+        long_documents: LongDocuments | None = None,
     ) -> ScoringResult:
         """Score ``pairs`` inside the request's OpenInference span (``ranked``, ``top_n``: a rerank route's answer,
         best first, cut to ``top_n``, which the span records as its output documents)."""
@@ -260,6 +305,7 @@ class Routes:
                 truncate_prompt_tokens=truncate_prompt_tokens,
                 priority=priority,
                 max_doc_tokens=max_doc_tokens,
+                long_documents=long_documents,
             )
 
         return await traced_scoring(
@@ -285,6 +331,7 @@ class Routes:
         truncate_prompt_tokens: int | None,
         priority: int | None,
         max_doc_tokens: int | None = None,
+        long_documents: LongDocuments | None = None,
     ) -> ScoringResult:
         limits, engine = self.limits, self.engine
         check_sizes(pairs, instruction, limits)
@@ -294,12 +341,15 @@ class Routes:
             )
         max_length = None if truncate_prompt_tokens in (None, -1) else truncate_prompt_tokens
         effective = self.scorer.max_length if max_length is None else min(max_length, self.scorer.max_length)
-        check_token_floor(pairs, self.token_floor, limits, max_length=effective, max_doc_tokens=max_doc_tokens)
+        chunked = long_documents is not None and long_documents.chunked
+        # A chunk input holds at most chunk_tokens of its document: the floor of one input, never more.
+        floor_cap = long_documents.chunk_tokens if chunked and long_documents is not None else max_doc_tokens
+        check_token_floor(pairs, self.token_floor, limits, max_length=effective, max_doc_tokens=floor_cap)
         if not pairs:
             return ScoringResult(scores=[], truncated=0, tokens=0)
         gone = asyncio.ensure_future(_wait_for_disconnect(request))
         try:
-            prepared = await self._prepare(pairs, instruction, max_length, max_doc_tokens)
+            prepared = await self._prepare(pairs, instruction, max_length, max_doc_tokens, long_documents)
             check_prepared(prepared, limits)
             if gone.done():
                 raise _hung_up(request, "before its request was queued")
@@ -330,13 +380,23 @@ class Routes:
             gone.cancel()
 
     async def _prepare(
-        self, pairs: list[tuple[str, str]], instruction: str | None, max_length: int | None, max_doc_tokens: int | None
+        self,
+        pairs: list[tuple[str, str]],
+        instruction: str | None,
+        max_length: int | None,
+        max_doc_tokens: int | None,
+        long_documents: LongDocuments | None = None,
     ) -> PreparedRequest:
-        """Tokenize in the engine's encoding pool; 422 for input the encoder refuses (e.g. ``max_length`` too small
-        for the query). The encoder caps a per-request ``max_length`` at the scorer's own."""
+        """Tokenize (and chunk) in the engine's encoding pool; 422 for input the encoder refuses (e.g.
+        ``max_length`` too small for the query). The encoder caps a per-request ``max_length`` at the scorer's own."""
         try:
             return await self.engine.aprepare(
-                pairs, scorer=self.scorer, instruction=instruction, max_length=max_length, max_doc_tokens=max_doc_tokens
+                pairs,
+                scorer=self.scorer,
+                instruction=instruction,
+                max_length=max_length,
+                max_doc_tokens=max_doc_tokens,
+                long_documents=long_documents,
             )
         except ValueError as exc:
             raise ApiError(422, plain_message(exc)) from None
@@ -426,9 +486,18 @@ def _usage(result: ScoringResult, pairs: int) -> dict[str, int]:
 
 
 def _warnings(result: ScoringResult, pairs: int) -> list[str]:
-    if not result.truncated:
-        return []
-    return [f"{result.truncated} of {pairs} documents were longer than the length limit; their ends were cut"]
+    warnings = []
+    if result.truncated:
+        warnings.append(
+            f"{result.truncated} of {pairs} documents were longer than the length limit; their ends were cut"
+        )
+    dropped = [c for c in result.chunks or () if c.chunks_dropped]
+    if dropped:
+        warnings.append(
+            f"{len(dropped)} of {pairs} documents had more chunks than max_chunks; their "
+            f"{sum(c.chunks_dropped for c in dropped)} later chunks were not scored"
+        )
+    return warnings
 
 
 def _echo(document: str | dict[str, Any]) -> dict[str, Any]:

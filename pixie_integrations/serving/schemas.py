@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, field_validator
 
 __all__ = [
+    "ChunkSpanBody",
     "ErrorBody",
     "ErrorInfo",
     "PixieScoreRequest",
@@ -81,7 +82,30 @@ class _Request(BaseModel):
     request_id: StrictStr | None = Field(default=None, description="vLLM: echoed as the response id.")
 
 
-class RerankRequest(_Request):
+class _LongDocumentFields(BaseModel):
+    """This server's own long-document fields (what ``RemoteScorer`` sends; docs/long_documents.md)."""
+
+    long_documents: Literal["truncate", "chunk"] | None = Field(
+        default=None, description="'chunk' scores long documents in chunks, the best kept; null: the server's default."
+    )
+    chunk_tokens: PositiveInt | None = Field(default=None, description="Document tokens per chunk.")
+    chunk_overlap: NonNegativeInt | None = Field(default=None, description="Tokens a chunk repeats from the last.")
+    max_chunks: PositiveInt | None = Field(default=None, description="Most chunks scored per document.")
+    aggregate: Literal["max", "first", "mean"] | None = Field(default=None, description="How chunk scores combine.")
+    chunk_boundary: Literal["token", "sentence"] | None = Field(default=None, description="Where chunks end.")
+
+    def chunk_settings(self) -> dict[str, Any]:
+        """The chunk settings this request gives (``None``: not given)."""
+        return {
+            "chunk_tokens": self.chunk_tokens,
+            "chunk_overlap": self.chunk_overlap,
+            "max_chunks": self.max_chunks,
+            "aggregate": self.aggregate,
+            "chunk_boundary": self.chunk_boundary,
+        }
+
+
+class RerankRequest(_Request, _LongDocumentFields):
     """Body of ``POST /rerank``, ``/v1/rerank`` and ``/v2/rerank`` (Cohere v1/v2, Jina and vLLM)."""
 
     query: StrictStr
@@ -94,10 +118,11 @@ class RerankRequest(_Request):
         default=None, description="Cohere v1: the object fields to score, in order ('field: value' lines)."
     )
     max_tokens_per_doc: PositiveInt | None = Field(
-        default=None, description="Cohere v2: cut each document to this many tokens (the template is never cut)."
+        default=None,
+        description="Cohere v2: a document longer than this is scored in chunks of this many tokens, the best kept.",
     )
     max_chunks_per_doc: PositiveInt | None = Field(
-        default=None, description="Cohere v1: accepted; long documents are truncated, not chunked."
+        default=None, description="Cohere v1: long documents are scored in at most this many chunks, the best kept."
     )
     relevant_spans: Any = Field(default=None, description="Cohere v2: accepted; not computed.")
 
@@ -127,7 +152,7 @@ class RerankRequest(_Request):
         return texts
 
 
-class PixieScoreRequest(_Request):
+class PixieScoreRequest(_Request, _LongDocumentFields):
     """Body of ``POST /score`` in this server's own shape (what ``RemoteScorer`` sends)."""
 
     queries: StrictStr | list[StrictStr] = Field(
@@ -166,10 +191,22 @@ class Usage(BaseModel):
     """Documents longer than the room left by the length limit, whose ends were cut (the template never is)."""
 
 
+class ChunkSpanBody(BaseModel):
+    """Which chunk of a document decided its score, and where it lies (character offsets into the scored text)."""
+
+    index: int
+    start: int
+    end: int
+    chunks: int
+    chunks_dropped: int
+
+
 class RerankResult(BaseModel):
     index: int
     relevance_score: float
     document: dict[str, Any] | None = None
+    pixie_chunk: ChunkSpanBody | None = None
+    """With chunking: the winning chunk's span."""
 
 
 class RerankMeta(BaseModel):
@@ -193,6 +230,8 @@ class PixieScoreResponse(BaseModel):
     model: str
     scores: list[float]
     usage: Usage
+    chunks: list[ChunkSpanBody] | None = None
+    """With chunking: each document's winning chunk, in input order."""
 
 
 class VllmScoreData(BaseModel):

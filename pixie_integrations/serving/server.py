@@ -37,6 +37,7 @@ from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from pydantic import BaseModel
 
 from .. import __version__
+from ..chunking import LongDocuments
 from ..engine import configure_engine
 from ..install import install_hint
 from .admission import bearer_check
@@ -97,6 +98,7 @@ def create_app(
     limits: ServerLimits | None = None,
     ready_requires_key: bool = False,
     metrics_without_key: bool = False,
+    long_documents: LongDocuments | None = None,
 ) -> FastAPI:
     """A FastAPI app serving ``scorer`` through its model's batching engine.
 
@@ -115,6 +117,9 @@ def create_app(
         ready_requires_key: ``/ready`` needs the API key too (default: a load balancer probes it without one).
         metrics_without_key: Serve ``GET /metrics`` (Prometheus) without the API key, for a scraper that has none;
             by default it needs the key like every route but ``/health`` and ``/ready``.
+        long_documents: The long-document settings of requests that ask for no strategy (default: truncate);
+            Cohere's ``max_chunks_per_doc`` / ``max_tokens_per_doc`` and this server's own fields ask for chunks
+            per request (docs/long_documents.md).
     """
     names = check_served_names(served_model_name, scorer.model_name)
     _check_api_key(api_key)
@@ -139,7 +144,8 @@ def create_app(
     app.add_middleware(ServerHeader)  # added last: the outermost, so the 413 above carries the header too
     install_error_handlers(app)
     guarded = [Depends(bearer_check(api_key))] if api_key is not None else []
-    _add_routes(app, Routes(scorer, engine, names, limits), guarded, guarded if ready_requires_key else [])
+    routes = Routes(scorer, engine, names, limits, long_documents)
+    _add_routes(app, routes, guarded, guarded if ready_requires_key else [])
     _add_schema_pages(app, guarded)
     install_metrics(app, engine, served_model_name=names[0], dependencies=[] if metrics_without_key else guarded)
     return app
@@ -267,6 +273,7 @@ def serve(
     metrics_without_key: bool = False,
     log_level: str = "info",
     sock: socket.socket | None = None,
+    long_documents: LongDocuments | None = None,
     **scorer_settings: Any,
 ) -> None:
     """Check the settings, bind the port, load ``model`` and serve it with uvicorn until interrupted.
@@ -284,6 +291,7 @@ def serve(
         log_level: uvicorn's log level.
         sock: A socket already bound (:func:`bind_socket`) to serve on; ``host`` and ``port`` are then only reported.
             Default: bind ``host:port`` here, before the model loads.
+        long_documents: The server's default long-document settings (see :func:`create_app`).
         **scorer_settings: Passed to ``PixieScorer`` (``device``, ``dtype``, ``max_length``, ``instruction``, ...).
 
     Raises:
@@ -313,6 +321,7 @@ def serve(
             limits=limits,
             ready_requires_key=ready_requires_key,
             metrics_without_key=metrics_without_key,
+            long_documents=long_documents,
         )
         if api_key is None and not _is_loopback(host):
             logger.warning(
