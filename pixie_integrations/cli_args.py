@@ -181,7 +181,7 @@ def long_documents_from(args: argparse.Namespace) -> Any:
 
     try:
         return resolve_long_documents(
-            args.long_documents,
+            args.long_documents or "truncate",  # a chunk flag alone is a mistake: it would do nothing
             chunk_tokens=args.chunk_tokens,
             chunk_overlap=args.chunk_overlap,
             max_chunks=args.max_chunks,

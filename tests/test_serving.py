@@ -32,7 +32,7 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.testclient import TestClient
 
-from pixie_integrations import PixieScorer, RankResult, Scorer, format_document, format_query
+from pixie_integrations import LongDocuments, PixieScorer, RankResult, Scorer, format_document, format_query
 from pixie_integrations.install import install_hint
 from pixie_integrations.serving import RemoteScorer, RemoteScorerError, ServerLimits, create_app, serve_in_thread
 from pixie_integrations.testing import SAMPLE_DOCUMENTS, SAMPLE_QUERIES
@@ -559,6 +559,7 @@ def test_cli_serve_passes_its_settings(monkeypatch: pytest.MonkeyPatch, tiny_rer
         "metrics_without_key": False,
         "limits": ServerLimits(max_documents=50, request_timeout=2.5),
         "ready_requires_key": False,
+        "long_documents": LongDocuments(),  # truncate: the default strategy
         "device": "cpu",
         "dtype": "float32",
         "max_length": 512,

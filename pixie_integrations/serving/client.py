@@ -28,7 +28,8 @@ time; 429 and 503 answers and connection failures are retried with exponential b
 ``api="vllm"`` pointed at this project's own server is refused (a :class:`RemoteScorerError` naming ``api="pixie"``):
 that server applies the template itself, so the client's would be applied twice.
 
-This module holds the scorer; the rest lives beside it: :mod:`.remote_shapes` (each API's requests and answers),
+This module holds the scorer; the rest lives beside it: :mod:`.remote_calls` (which requests one call makes),
+:mod:`.remote_shapes` (each API's requests and answers),
 :mod:`.remote_transport` (connections, retries, errors), :mod:`.remote_errors` (:class:`RemoteScorerError`) and
 :mod:`.engines` (what each engine does to the text).
 """
@@ -44,25 +45,15 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import httpx
 
+from ..chunking import resolve_long_documents
 from ..families import ModelFamily
-from ..ranking import RankResult, check_top_n, rank_by_score
-from ..template import DEFAULT_INSTRUCTION, format_document, format_query
+from ..ranking import ChunkSpan, RankResult, check_top_n, rank_by_score
+from ..template import DEFAULT_INSTRUCTION
 from ..validation import check_documents, check_pairs, check_query
-from .engines import PIXIE_OWNER, VLLM_ON_PIXIE, DocumentCutter, engine_family, served_by_pixie
+from .engines import PIXIE_OWNER, VLLM_ON_PIXIE, engine_family, served_by_pixie
+from .remote_calls import CallPlanner
 from .remote_errors import RemoteScorerError, unexpected_answer
-from .remote_shapes import (
-    APIS,
-    DEFAULT_DOCUMENT_CAP,
-    VLLM_ROUTES,
-    Api,
-    Call,
-    infinity_rerank,
-    pixie_score,
-    place_scores,
-    tei_rerank,
-    vllm_rerank,
-    vllm_score,
-)
+from .remote_shapes import APIS, DEFAULT_DOCUMENT_CAP, VLLM_ROUTES, Api, Call, place_scores
 from .remote_transport import Transport
 
 if TYPE_CHECKING:
@@ -165,10 +156,10 @@ class RemoteScorer:
         self.max_documents_per_request = max_documents_per_request or DEFAULT_DOCUMENT_CAP[api]
         self.max_concurrency = max_concurrency
         self._tokenizer_name = tokenizer
-        self._cutter: DocumentCutter | None = None
         self._headers = dict(headers or {})
         self._model = model
         self._lock = threading.Lock()
+        self._planner = CallPlanner(self)
         self._transport = Transport(
             self.base_url,
             timeout=timeout,
@@ -217,12 +208,30 @@ class RemoteScorer:
                     self._model = self._discover_model()
         return self._model
 
+    @property
+    def known_model_name(self) -> str | None:
+        """The served model's name if it was given or has been asked already, else ``None`` (asks nothing)."""
+        return self._model
+
+    @property
+    def tokenizer_name(self) -> str | None:
+        """The ``tokenizer`` given (for ``max_length`` with ``api="vllm"``), else ``None``."""
+        return self._tokenizer_name
+
     def __repr__(self) -> str:
         return f"RemoteScorer({self.base_url!r}, api={self.api!r}, model={self._model!r})"
 
     # -- scoring ---------------------------------------------------------------------------------------------------
+    # The long-document keywords (long_documents, chunk_tokens, chunk_overlap, max_chunks, aggregate, chunk_boundary)
+    # mean what they mean for PixieScorer; with "chunk" they are sent to the server, which chunks (api="pixie" only).
     def score(
-        self, query: str, documents: Sequence[str], *, instruction: str | None = None, raw: bool = False
+        self,
+        query: str,
+        documents: Sequence[str],
+        *,
+        instruction: str | None = None,
+        raw: bool = False,
+        **long_documents: Any,
     ) -> list[float]:
         """Score each document against one query: one Python float per document, in input order.
 
@@ -232,10 +241,16 @@ class RemoteScorer:
             instruction: Task instruction for this call; ``None`` uses :attr:`instruction`.
             raw: Return the logit instead of the probability. With ``api="vllm"`` it is computed here from the
                 probability vLLM returns (``log p - log(1 - p)``): as exact as that float, infinite where it is 0 or 1.
+            **long_documents: ``long_documents="chunk"`` and the chunk settings, as for ``PixieScorer.score``
+                (docs/long_documents.md); the server chunks. Only with ``api="pixie"``.
         """
         check_query(query)
         docs = check_documents(documents)
-        return self._run(self._calls([query], docs, self._instruction(instruction), raw), len(docs))
+        chunking = self._chunking(long_documents)
+        return self._scores(
+            self._run(self._planner.calls([query], docs, self._instruction(instruction), raw, chunking), len(docs)),
+            chunking,
+        )[0]
 
     def score_pairs(
         self,
@@ -243,12 +258,15 @@ class RemoteScorer:
         *,
         instruction: str | None = None,
         raw: bool = False,
+        **long_documents: Any,
     ) -> list[float]:
-        """Score (query, document) pairs whose queries differ. Same return as :meth:`score`, in pair order."""
+        """Score (query, document) pairs whose queries differ. Same arguments and return as :meth:`score`."""
         checked = check_pairs(pairs)
-        queries = [q for q, _ in checked]
-        documents = [d for _, d in checked]
-        return self._run(self._calls(queries, documents, self._instruction(instruction), raw), len(checked))
+        chunking = self._chunking(long_documents)
+        calls = self._planner.calls(
+            [q for q, _ in checked], [d for _, d in checked], self._instruction(instruction), raw, chunking
+        )
+        return self._scores(self._run(calls, len(checked)), chunking)[0]
 
     def rank(
         self,
@@ -258,19 +276,33 @@ class RemoteScorer:
         top_n: int | None = None,
         instruction: str | None = None,
         raw: bool = False,
+        **long_documents: Any,
     ) -> list[RankResult]:
-        """Rank documents by relevance to the query, best first (ties keep input order), as ``PixieScorer.rank``."""
+        """Rank documents by relevance to the query, best first (ties keep input order), as ``PixieScorer.rank``;
+        with chunking each result's ``chunk`` is the winning chunk the server reports."""
         check_top_n(top_n)  # before any request
-        scores = self.score(query, documents, instruction=instruction, raw=raw)
-        return rank_by_score(scores, documents, top_n)
+        check_query(query)
+        docs = check_documents(documents)
+        chunking = self._chunking(long_documents)
+        values = self._run(self._planner.calls([query], docs, self._instruction(instruction), raw, chunking), len(docs))
+        scores, chunks = self._scores(values, chunking)
+        return rank_by_score(scores, docs, top_n, chunks)
 
     async def ascore(
-        self, query: str, documents: Sequence[str], *, instruction: str | None = None, raw: bool = False
+        self,
+        query: str,
+        documents: Sequence[str],
+        *,
+        instruction: str | None = None,
+        raw: bool = False,
+        **long_documents: Any,
     ) -> list[float]:
         """:meth:`score` on asyncio: the requests are awaited, no thread is held."""
         check_query(query)
         docs = check_documents(documents)
-        return await self._arun(self._calls([query], docs, self._instruction(instruction), raw), len(docs))
+        chunking = self._chunking(long_documents)
+        calls = self._planner.calls([query], docs, self._instruction(instruction), raw, chunking)
+        return self._scores(await self._arun(calls, len(docs)), chunking)[0]
 
     async def ascore_pairs(
         self,
@@ -278,12 +310,15 @@ class RemoteScorer:
         *,
         instruction: str | None = None,
         raw: bool = False,
+        **long_documents: Any,
     ) -> list[float]:
         """:meth:`score_pairs` on asyncio."""
         checked = check_pairs(pairs)
-        queries = [q for q, _ in checked]
-        documents = [d for _, d in checked]
-        return await self._arun(self._calls(queries, documents, self._instruction(instruction), raw), len(checked))
+        chunking = self._chunking(long_documents)
+        calls = self._planner.calls(
+            [q for q, _ in checked], [d for _, d in checked], self._instruction(instruction), raw, chunking
+        )
+        return self._scores(await self._arun(calls, len(checked)), chunking)[0]
 
     async def arank(
         self,
@@ -293,11 +328,38 @@ class RemoteScorer:
         top_n: int | None = None,
         instruction: str | None = None,
         raw: bool = False,
+        **long_documents: Any,
     ) -> list[RankResult]:
         """:meth:`rank` on asyncio."""
         check_top_n(top_n)
-        scores = await self.ascore(query, documents, instruction=instruction, raw=raw)
-        return rank_by_score(scores, documents, top_n)
+        check_query(query)
+        docs = check_documents(documents)
+        chunking = self._chunking(long_documents)
+        values = await self._arun(
+            self._planner.calls([query], docs, self._instruction(instruction), raw, chunking), len(docs)
+        )
+        scores, chunks = self._scores(values, chunking)
+        return rank_by_score(scores, docs, top_n, chunks)
+
+    def _chunking(self, keywords: dict[str, Any]) -> dict[str, Any] | None:
+        """The long-document fields to send (``None``: truncate, nothing sent); a clear error where they cannot go."""
+        settings = resolve_long_documents(keywords.pop("long_documents", None), **keywords)
+        if not settings.chunked:
+            return None
+        if self.api != "pixie":
+            raise ValueError(
+                f"long_documents='chunk' needs a pixie-rerank server (api='pixie'); {self.api} scores each input as "
+                "it is sent: chunk with a local PixieScorer, or truncate"
+            )
+        fields = settings.to_dict()
+        fields["long_documents"] = fields.pop("strategy")
+        return fields
+
+    @staticmethod
+    def _scores(values: list[Any], chunking: dict[str, Any] | None) -> tuple[list[float], list[ChunkSpan] | None]:
+        if chunking is None:
+            return values, None
+        return [score for score, _ in values], [span for _, span in values]
 
     # -- lifecycle -------------------------------------------------------------------------------------------------
     def close(self) -> None:
@@ -350,84 +412,6 @@ class RemoteScorer:
         if not isinstance(instruction, str):
             raise TypeError(f"instruction must be a str or None, not {type(instruction).__name__}")
         return instruction
-
-    def _calls(self, queries: list[str], documents: list[str], instruction: str, raw: bool) -> list[Call]:
-        """The requests scoring ``documents`` against ``queries`` (one query for all, or one per document)."""
-        if not documents:
-            return []
-        count = len(documents)
-
-        def query_of(i: int) -> str:
-            return queries[0] if len(queries) == 1 else queries[i]
-
-        cap = self.max_documents_per_request
-        if self.api == "pixie" or (self.api == "vllm" and self.vllm_route == "score"):
-            # Both take a list of queries (pairwise) or one query for all: split by position only.
-            groups = [list(range(start, min(start + cap, count))) for start in range(0, count, cap)]
-            return [self._pairwise_call([query_of(i) for i in g], g, documents, instruction, raw) for g in groups]
-        # One query per request (TEI, Infinity, vLLM's /v1/rerank): group the positions by query, then split.
-        by_query: dict[str, list[int]] = {}
-        for i in range(count):
-            by_query.setdefault(query_of(i), []).append(i)
-        calls = []
-        for query, members in by_query.items():
-            for start in range(0, len(members), cap):
-                group = members[start : start + cap]
-                calls.append(self._one_query_call(query, group, [documents[i] for i in group], instruction, raw))
-        return calls
-
-    def _pairwise_call(
-        self, queries: list[str], positions: list[int], documents: list[str], instruction: str, raw: bool
-    ) -> Call:
-        texts = [documents[i] for i in positions]
-        one_query = len(set(queries)) == 1
-        if self.api == "pixie":
-            query_field = queries[0] if one_query else queries
-            return pixie_score(query_field, texts, positions, instruction=instruction, raw=raw, model=self._model)
-        text_1: str | list[str]
-        if self.family.uses_template:
-            text_2 = self._documents_b(queries, texts, instruction)
-            text_1 = (
-                format_query(queries[0], instruction) if one_query else [format_query(q, instruction) for q in queries]
-            )
-        else:
-            text_2 = texts
-            text_1 = queries[0] if one_query else queries  # one text A for all documents (vLLM's 1:N form)
-        return vllm_score(text_1, text_2, positions, raw=raw, model=self._model)
-
-    def _one_query_call(self, query: str, positions: list[int], texts: list[str], instruction: str, raw: bool) -> Call:
-        if self.api == "tei":
-            return tei_rerank(query, texts, positions, raw=raw)
-        if self.api == "infinity":
-            return infinity_rerank(query, texts, positions, raw=raw, model=self._model)
-        if self.family.uses_template:
-            text_a, texts_b = (
-                format_query(query, instruction),
-                self._documents_b([query] * len(texts), texts, instruction),
-            )
-            return vllm_rerank(text_a, texts_b, positions, raw=raw, model=self._model)
-        return vllm_rerank(query, texts, positions, raw=raw, model=self._model)
-
-    def _documents_b(self, queries: list[str], texts: list[str], instruction: str) -> list[str]:
-        """Text B of each pair, the document cut to ``max_length`` (template included) when one is set."""
-        if self.max_length is None:
-            return [format_document(d) for d in texts]
-        cutter = self._cutter
-        if cutter is None:
-            name = self._tokenizer_name or self.model_name  # outside the lock: model_name may take it
-            with self._lock:
-                if self._cutter is None:
-                    self._cutter = DocumentCutter(name, self.max_length)
-                cutter = self._cutter
-        cut, truncated = cutter.cut(queries, texts, instruction)
-        if truncated:
-            logger.warning(
-                "%d of %d documents were longer than max_length=%d tokens with the template; their ends were cut.",
-                truncated,
-                len(texts),
-                self.max_length,
-            )
-        return [format_document(d) for d in cut]
 
     # -- sending ---------------------------------------------------------------------------------------------------
     def _run(self, calls: list[Call], count: int) -> list[float]:

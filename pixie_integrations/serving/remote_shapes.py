@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from ..ranking import ChunkSpan
 from .remote_errors import unexpected_answer
 
 __all__ = [
@@ -50,12 +51,26 @@ class Call:
 
 # -- requests --------------------------------------------------------------------------------------------------------
 def pixie_score(
-    queries: str | list[str], texts: list[str], positions: list[int], *, instruction: str, raw: bool, model: str | None
+    queries: str | list[str],
+    texts: list[str],
+    positions: list[int],
+    *,
+    instruction: str,
+    raw: bool,
+    model: str | None,
+    long_documents: dict[str, Any] | None = None,
 ) -> Call:
-    """This project's server ``POST /score``: raw text, the server applies the template."""
+    """This project's server ``POST /score``: raw text, the server applies the template.
+
+    ``long_documents``: the request's long-document fields (``{"long_documents": "chunk", "chunk_tokens": ...}``);
+    the answer's values are then ``(score, ChunkSpan)`` pairs.
+    """
     payload: dict[str, Any] = {"queries": queries, "documents": texts, "instruction": instruction, "raw": raw}
     if model is not None:
         payload["model"] = model
+    if long_documents is not None:
+        payload.update(long_documents)
+        return Call("/score", payload, positions, _pixie_chunked_scores(len(texts)))
     return Call("/score", payload, positions, _pixie_scores(len(texts)))
 
 
@@ -96,9 +111,9 @@ def infinity_rerank(query: str, texts: list[str], positions: list[int], *, raw: 
 
 
 # -- answers ---------------------------------------------------------------------------------------------------------
-def place_scores(calls: list[Call], answers: list[list[float]], count: int) -> list[float]:
+def place_scores(calls: list[Call], answers: list[list[Any]], count: int) -> list[Any]:
     """The scores of a whole call, each request's answer put back at its documents' positions."""
-    scores = [0.0] * count
+    scores: list[Any] = [0.0] * count
     for call, answer in zip(calls, answers):
         for position, score in zip(call.positions, answer):
             scores[position] = score
@@ -120,6 +135,23 @@ def _pixie_scores(count: int) -> Callable[[Any, str], list[float]]:
         if not isinstance(scores, list) or len(scores) != count:
             raise unexpected_answer(url, f"expected 'scores' with {count} numbers")
         return [_as_float(s, url) for s in scores]
+
+    return parse
+
+
+def _pixie_chunked_scores(count: int) -> Callable[[Any, str], list[Any]]:
+    scores_of = _pixie_scores(count)
+
+    def parse(body: Any, url: str) -> list[Any]:
+        scores = scores_of(body, url)
+        chunks = body.get("chunks")
+        if not isinstance(chunks, list) or len(chunks) != count:
+            raise unexpected_answer(url, f"expected 'chunks' with {count} spans (is it a pixie-rerank server?)")
+        try:
+            spans = [ChunkSpan(**chunk) for chunk in chunks]
+        except TypeError:
+            raise unexpected_answer(url, "expected each chunk as {index, start, end, chunks, chunks_dropped}") from None
+        return list(zip(scores, spans, strict=True))
 
     return parse
 
