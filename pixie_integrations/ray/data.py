@@ -10,6 +10,7 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from ..chunking import LongDocuments, resolve_long_documents
 from ..ranking import rank_by_score
 from ..validation import check_documents
 
@@ -43,6 +44,8 @@ class PixieBatchScorer:
         rank_column: Added column of ranks (rerank rows only); ``None`` adds none.
         instruction: Task instruction; ``None``: the scorer's (the card's default unless given in settings).
         raw: Logits instead of probabilities.
+        long_documents: ``"truncate"`` (the default), ``"chunk"`` or a :class:`~pixie_integrations.LongDocuments`
+            with the chunk settings: how documents longer than ``max_length`` are scored (docs/long_documents.md).
         **scorer_settings: Passed to ``PixieScorer`` (``device``, ``dtype``, ``max_length``, ...).
     """
 
@@ -57,9 +60,12 @@ class PixieBatchScorer:
         rank_column: str | None = "ranks",
         instruction: str | None = None,
         raw: bool = False,
+        long_documents: str | LongDocuments | None = None,
         **scorer_settings: Any,
     ) -> None:
         from ..scorer import PixieScorer
+
+        self.long_documents = resolve_long_documents(long_documents)  # a bad value fails before the model loads
 
         if documents_column is not None and document_column is not None:
             raise ValueError("give documents_column (rows of candidates) or document_column (pairs), not both")
@@ -84,13 +90,17 @@ class PixieBatchScorer:
                 (_query(q, i, self.query_column), _document(d, i, self.documents_column))
                 for i, (q, d) in enumerate(zip(queries, texts))
             ]
-            scores = self.scorer.score_pairs(pairs, instruction=self.instruction, raw=self.raw)
+            scores = self.scorer.score_pairs(
+                pairs, instruction=self.instruction, raw=self.raw, long_documents=self.long_documents
+            )
             return _with_columns(batch, {self.score_column: scores}, {self.score_column: "float"})
         candidates = [_candidates(c, i, self.documents_column) for i, c in enumerate(texts)]
         flat = [
             (_query(q, i, self.query_column), d) for i, (q, docs) in enumerate(zip(queries, candidates)) for d in docs
         ]
-        flat_scores = self.scorer.score_pairs(flat, instruction=self.instruction, raw=self.raw)
+        flat_scores = self.scorer.score_pairs(
+            flat, instruction=self.instruction, raw=self.raw, long_documents=self.long_documents
+        )
         per_row: list[list[float]] = []
         start = 0
         for docs in candidates:
@@ -121,6 +131,7 @@ def rerank_dataset(
     rank_column: str | None = "ranks",
     instruction: str | None = None,
     raw: bool = False,
+    long_documents: str | LongDocuments | None = None,
     concurrency: int | tuple[int, int] = 1,
     num_gpus: float | None = None,
     num_cpus: float | None = None,
@@ -131,8 +142,8 @@ def rerank_dataset(
 
     Args:
         ds: Rows of (query, candidates) or, with ``document_column``, of (query, document).
-        model, query_column, documents_column, document_column, score_column, rank_column, instruction, raw:
-            As for :class:`PixieBatchScorer`.
+        model, query_column, documents_column, document_column, score_column, rank_column, instruction, raw,
+            long_documents: As for :class:`PixieBatchScorer`.
         concurrency: Actors, each holding one model: a fixed ``n`` or an autoscaling ``(min, max)``.
         num_gpus: GPUs per actor (``0.5`` puts two actors on one GPU); ``None``: none.
         num_cpus: CPUs per actor; ``None``: Ray's default (one).
@@ -163,6 +174,7 @@ def rerank_dataset(
             "rank_column": rank_column,
             "instruction": instruction,
             "raw": raw,
+            "long_documents": resolve_long_documents(long_documents),  # checked here, in the driver
             **scorer_settings,
         },
         batch_format="pyarrow",

@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 from ray import serve
 
+from ..chunking import LongDocuments, resolve_long_documents
+
 if TYPE_CHECKING:
     from fastapi import FastAPI
     from ray.serve import Application
@@ -48,6 +50,7 @@ def build_app(
     served_model_name: str | None = None,
     api_key: str | None = None,
     app_options: Mapping[str, Any] | None = None,
+    long_documents: str | Mapping[str, Any] | LongDocuments | None = None,
     **scorer_settings: Any,
 ) -> Application:
     """A Ray Serve application serving ``model`` with the ``pixie-rerank serve`` HTTP API.
@@ -69,6 +72,10 @@ def build_app(
         served_model_name: Passed to ``create_app``: the name clients see and may send as ``model``.
         api_key: Passed to ``create_app``: require ``Authorization: Bearer <api_key>``.
         app_options: Further keyword arguments of ``create_app`` (limits and the like), passed through as given.
+        long_documents: The server's default for requests that ask for no strategy, as ``pixie-rerank serve
+            --long-documents``: ``"truncate"``, ``"chunk"``, a :class:`~pixie_integrations.LongDocuments` or its
+            ``to_dict()`` (``{"strategy": "chunk", "chunk_tokens": 512}``). Requests choose per request as on the
+            server (Cohere's ``max_chunks_per_doc`` / ``max_tokens_per_doc``, this server's own fields).
         **scorer_settings: Passed to ``PixieScorer`` on every replica (``device``, ``dtype``, ``max_length``,
             ``instruction``, ...).
     """
@@ -78,6 +85,10 @@ def build_app(
         app_kwargs["served_model_name"] = served_model_name
     if api_key is not None:
         app_kwargs["api_key"] = api_key
+    if long_documents is not None:  # checked here, in the driver, not on each replica
+        if isinstance(long_documents, Mapping):
+            long_documents = LongDocuments.from_dict(long_documents)
+        app_kwargs["long_documents"] = resolve_long_documents(long_documents)
     settings = dict(scorer_settings)
 
     # A plain function, so Ray calls it on each replica when it starts (not here, in the driver): the replica loads
@@ -120,6 +131,9 @@ def app(args: dict[str, Any]) -> Application:
     for key in _STR_OPTIONS:
         if key in options:
             deployment[key] = str(options.pop(key))
+    if "long_documents" in options:  # "chunk", "truncate", or the settings as JSON
+        value = options.pop("long_documents")
+        deployment["long_documents"] = value if value in ("chunk", "truncate") else _json_value("long_documents", value)
     if "num_replicas" in options:
         replicas = options.pop("num_replicas")
         deployment["num_replicas"] = replicas if replicas == "auto" else int(replicas)
