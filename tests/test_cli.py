@@ -280,7 +280,7 @@ def test_ctrl_c_during_eval_exits_quietly_and_the_rerun_resumes(
 ) -> None:
     import json
 
-    from pixie_integrations.evaluation import runner
+    from pixie_integrations.evaluation import scoring as runner
     from pixie_integrations.evaluation.cache import ScoreCache
     from pixie_integrations.scorer import PixieScorer
 

@@ -38,7 +38,7 @@ from pixie_integrations.evaluation import (
     tokenize_ko_en,
     trec_order,
 )
-from pixie_integrations.evaluation import runner as runner_module
+from pixie_integrations.evaluation import scoring as runner_module
 from pixie_integrations.install import install_hint
 
 DATA = Path(__file__).parent / "data" / "beir_tiny"

@@ -328,3 +328,51 @@ def test_example_runs_offline_with_tiny_model(run_example: Callable[..., Any]) -
     assert replicas.count(":") == 2  # both replicas answered
     differences = [float(part.split()[0]) for part in out.split("largest difference from the in-process scorer: ")[1:]]
     assert len(differences) == 2 and max(differences) < 1e-5
+
+
+# -- long documents ----------------------------------------------------------------------------------------------------
+LONG = " ".join(SAMPLE_DOCUMENTS * 3)
+
+
+def test_ray_data_passes_the_long_document_settings_through(
+    ray_cluster: None, tiny_reranker: Path, tiny_scorer: PixieScorer
+) -> None:
+    import ray.data
+
+    from pixie_integrations import LongDocuments
+
+    settings = LongDocuments("chunk", chunk_tokens=32, aggregate="mean")
+    rows = [{"id": i, "query": SAMPLE_QUERIES[0], "document": d} for i, d in enumerate([LONG, *DOCS[:3]] * 5)]
+    scored = rerank_dataset(
+        ray.data.from_items(rows, override_num_blocks=2),
+        tiny_reranker,
+        document_column="document",
+        long_documents=settings,
+        concurrency=1,
+        num_cpus=0.5,
+        device="cpu",
+        dtype="float32",
+    )
+    out = sorted(scored.take_all(), key=lambda row: row["id"])
+    expected = tiny_scorer.score_pairs([(r["query"], r["document"]) for r in rows], long_documents=settings)
+    assert [row["score"] for row in out] == pytest.approx(expected, abs=1e-6)
+    assert expected[0] != pytest.approx(tiny_scorer.score(SAMPLE_QUERIES[0], [LONG])[0], abs=1e-6)  # it chunked
+    with pytest.raises(ValueError, match="long_documents must be one of"):  # in the driver, before any actor
+        rerank_dataset(ray.data.from_items(rows), tiny_reranker, long_documents="split")
+
+
+def test_serve_replicas_take_cohere_chunk_fields_and_a_default(
+    serve_url: str, tiny_scorer: PixieScorer, tiny_reranker: Path
+) -> None:
+    import cohere
+
+    client = cohere.ClientV2(api_key="unused", base_url=serve_url)
+    response = client.rerank(
+        model=tiny_reranker.name, query=SAMPLE_QUERIES[0], documents=[LONG, DOCS[1]], max_tokens_per_doc=24
+    )
+    expected = tiny_scorer.rank(SAMPLE_QUERIES[0], [LONG, DOCS[1]], long_documents="chunk", chunk_tokens=24)
+    assert [(r.index, r.pixie_chunk) for r in response.results] == [(r.index, r.chunk.to_dict()) for r in expected]
+    application = app({"model": "m", "long_documents": '{"strategy": "chunk", "chunk_tokens": 64}'})
+    assert application._bound_deployment.name == "PixieReranker"
+    with pytest.raises(ValueError, match="chunk_overlap=64 must be less than chunk_tokens=32"):
+        build_app("m", long_documents={"strategy": "chunk", "chunk_tokens": 32, "chunk_overlap": 64})

@@ -18,9 +18,11 @@ from .first_stage import (
     tokenize_ko_en,
     write_trec_run,
 )
+from .long_documents import LongDocumentComparison, compare_long_documents, parse_strategies
 from .metrics import DEFAULT_K_VALUES, RunMetrics, evaluate_run, trec_order
 from .report import TableRow, format_table, plot_ndcg, safe_name
-from .runner import EvaluationResult, FirstStageResult, ModelResult, SuiteResult, evaluate, evaluate_suite
+from .results import EvaluationResult, FirstStageResult, ModelResult, SuiteResult
+from .runner import evaluate, evaluate_suite
 
 __all__ = [
     "DEFAULT_K_VALUES",
@@ -30,6 +32,7 @@ __all__ = [
     "Document",
     "EvaluationResult",
     "FirstStageResult",
+    "LongDocumentComparison",
     "ModelResult",
     "RunMetrics",
     "ScoreCache",
@@ -37,12 +40,14 @@ __all__ = [
     "SuiteResult",
     "TableRow",
     "bm25_shortlist",
+    "compare_long_documents",
     "document_text",
     "evaluate",
     "evaluate_run",
     "evaluate_suite",
     "format_table",
     "load_beir",
+    "parse_strategies",
     "plot_ndcg",
     "read_run",
     "read_trec_run",

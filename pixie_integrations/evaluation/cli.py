@@ -7,7 +7,14 @@ import logging
 import os
 from typing import Any
 
-from ..cli_args import EXIT_INTERRUPTED, add_device_dtype, fail, positive_int
+from ..cli_args import (
+    EXIT_INTERRUPTED,
+    add_device_dtype,
+    add_long_document_flags,
+    fail,
+    long_documents_from,
+    positive_int,
+)
 from ..install import install_hint
 
 __all__ = ["register"]
@@ -22,6 +29,9 @@ examples:
       --model BAAI/bge-reranker-v2-m3 --output eval-out
   pixie-rerank eval --data ./scifact --run splade.trec --model ./PIXIE --output out --dtype bfloat16
   pixie-rerank eval --data ./arguana --data ./fiqa --model ./PIXIE --output out   # mean over datasets
+  pixie-rerank eval --data ./my-long-docs --model ./PIXIE --long-documents chunk --chunk-tokens 512 --output out
+  pixie-rerank eval --data ./my-long-docs --model ./PIXIE --max-length 2048 \
+      --compare-long-documents truncate,chunk:512,chunk:512:mean --output out   # one table of strategies
 
 A dataset folder holds corpus.jsonl (_id, title, text), queries.jsonl (_id, text) and qrels/<split>.tsv
 (query-id, corpus-id, score). Re-running with the same --output reuses every score already computed.
@@ -130,6 +140,17 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--no-cache", action="store_true", help="do not read or write the score cache")
     parser.add_argument("--no-plot", action="store_true", help="do not draw ndcg.png")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_long_document_flags(
+        parser,
+        default_help="how candidates longer than --max-length are scored: truncate (cut the end; the default) or "
+        "chunk (score chunks, keep the best)",
+    )
+    parser.add_argument(
+        "--compare-long-documents",
+        metavar="STRATEGIES",
+        help="evaluate one model on one --data folder once per strategy and print one table beside the truncate "
+        "(whole-document) row: " + _strategy_help(),
+    )
     parser.add_argument(
         "--ray",
         action="store_true",
@@ -139,10 +160,30 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(func=_run)
 
 
+def _strategy_help() -> str:
+    from .long_documents import SPEC_HELP
+
+    return SPEC_HELP
+
+
 def _run(args: argparse.Namespace) -> int:
     models = args.model or [os.environ.get("PIXIE_MODEL_PATH") or _DEFAULT_MODEL]
     if args.run and len(args.run) != len(args.data):
         return fail(f"{len(args.run)} --run files for {len(args.data)} --data folders; give one per folder")
+    try:
+        long_documents = long_documents_from(args)
+        strategies = None
+        if args.compare_long_documents is not None:
+            from .long_documents import parse_strategies
+
+            strategies = parse_strategies(args.compare_long_documents)
+    except ValueError as exc:
+        return fail(exc)
+    if strategies is not None and (len(args.data) != 1 or len(models) != 1 or args.long_documents is not None):
+        return fail(
+            "--compare-long-documents compares the strategies of one --model on one --data folder, and sets "
+            "--long-documents itself: give one of each and leave --long-documents out"
+        )
     try:
         from ..loading import ModelLoadError
         from .data import DataError
@@ -168,6 +209,16 @@ def _run(args: argparse.Namespace) -> int:
         "engine": "ray" if args.ray else "local",
     }
     try:
+        if strategies is not None:
+            from .long_documents import compare_long_documents
+
+            comparison = compare_long_documents(
+                args.data[0], models[0], strategies, output_dir=args.output, run=(args.run or [None])[0], **options
+            )
+            print(comparison.to_markdown())
+            print(f"Written to {args.output}: long_documents.md, long_documents.json and one folder per strategy.")
+            return 0
+        options["long_documents"] = long_documents
         if len(args.data) == 1:
             result = evaluate(args.data[0], models, output_dir=args.output, run=(args.run or [None])[0], **options)
             print(result.to_markdown())
