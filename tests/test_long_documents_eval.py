@@ -120,3 +120,28 @@ def test_parse_strategies_and_the_api(tiny_scorer: PixieScorer) -> None:
         DATA, tiny_scorer, ["chunk:8"], cache=False, show_progress_bar=False, plot=False
     )
     assert len(comparison.results) == 2 and "vs truncate" in comparison.table
+
+
+# -- the bench ------------------------------------------------------------------------------------------------------
+def test_bench_times_chunked_beside_whole_documents(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "long.json"
+    argv = ["bench", "--shape", "tiny", "--model-dir", str(tmp_path / "m"), "--workload", "long-8k"]
+    argv += ["--queries", "1", "--docs", "2", "--device", "cpu", "--no-progress", "--no-memory", "--json", str(out)]
+    assert main([*argv, "--systems", "pixie", "pixie-chunk", "pixie-chunk:chunk_tokens=64,aggregate=mean"]) == 0
+    table = capsys.readouterr().out
+    assert "CPU-time speed-up" in table and "| pixie-chunk |" in table
+    result = json.loads(out.read_text())
+    assert result["reference"] == "pixie" and result["workload"]["name"] == "long-8k"
+    assert result["workload"]["mean_tokens_per_pair"] > 6000  # documents as long as MultiLongDocRetrieval's
+    for name in ("pixie-chunk", "pixie-chunk:chunk_tokens=64,aggregate=mean"):
+        stats = result["systems"][name]
+        # Documents per second against the whole-document system of the same run, and how far the scores move.
+        assert stats["speedup_vs_pixie"] > 0 and stats["cpu_time_speedup_vs_pixie"] > 0
+        assert stats["max_abs_score_diff_vs_pixie"] > 0 and "kendall_tau_vs_pixie" in stats
+    assert result["systems"]["pixie"]["max_abs_score_diff_vs_pixie"] == 0
+
+
+def test_bench_refuses_bad_chunk_settings_before_loading(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["bench", "--shape", "tiny", "--systems", "pixie-chunk:aggregate=median", "--no-progress"])
+    assert "aggregate must be one of" in capsys.readouterr().err

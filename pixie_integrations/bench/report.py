@@ -124,7 +124,7 @@ def format_table(result: dict[str, Any]) -> str:
         cpu = s.get("cpu_time_speedup_vs_" + ref)
         cpu_speedup = f"{cpu:.2f}x" if cpu is not None else "-"
         lines.append(
-            f"| {name} | {s['pairs_per_s']:.1f} | {s['tokens_per_s']:.0f} | {s['latency_p50_ms']:.0f} | "
+            f"| {name} | {s['pairs_per_s']:.3g} | {s['tokens_per_s']:.0f} | {s['latency_p50_ms']:.0f} | "
             f"{s['latency_p95_ms']:.0f} | {s['speedup_vs_' + ref]:.2f}x | {cpu_speedup} | "
             f"{s['max_abs_score_diff_vs_' + ref]:.2e} | "
             f"{s.get('kendall_tau_vs_' + ref, float('nan')):.4f} | {rss} |"
