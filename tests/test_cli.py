@@ -83,7 +83,7 @@ def _one_error_line(err: str) -> str:
         (["serve", "--dtype", "flaot32"], "did you mean float32?"),
         (["eval", "--data", "d", "--output", "o", "--dtype", "flaot32"], "did you mean float32?"),
         (["bench", "--systems", "pixie:dtype=flaot32"], "did you mean float32?"),
-        (["bench", "--systems", "pixie:token_budjet=10"], "settings are key=value pairs of attn_implementation"),
+        (["bench", "--systems", "pixie:token_budjet=10"], "settings are key=value pairs of aggregate, attn_implementation"),
         (["bench", "--systems", "warp-drive"], "choose from card-fp32, card-bf16, pixie"),
         (["bench", "--systems", "pixie:token_budget=0"], "expected a positive integer"),
         (["eval", "--data", "d"], "required: --output"),

@@ -79,7 +79,7 @@ def score_model(
     started = time.perf_counter()
     scorer: PixieScorer | None = spec if isinstance(spec, PixieScorer) else None
     built_here = scorer is None
-    key = model_key(spec, scorer_options, long_documents)
+    scores_key = model_key(spec, scorer_options, long_documents)
     run: Run = {}
     hits = scored = calls = 0
     progress = tqdm(
@@ -88,7 +88,7 @@ def score_model(
     try:
         for chunk in _chunks(shortlist.run, _CHUNK_PAIRS):
             items, found, missing = _look_up(
-                dataset, {qid: shortlist.run[qid] for qid in chunk}, cache, key, instruction
+                dataset, {qid: shortlist.run[qid] for qid in chunk}, cache, scores_key, instruction
             )
             chunk_hits = sum(1 for _, _, key in items if key in found)
             hits += chunk_hits
@@ -107,7 +107,7 @@ def score_model(
                     calls += 1
                     scored += len(part)
                     fresh = {key: score for (key, _), score in zip(part, scores, strict=True)}
-                    cache.put_many(key, fresh.items())
+                    cache.put_many(scores_key, fresh.items())
                     found.update(fresh)
                     progress.update(len(part))
                 progress.update(len(items) - chunk_hits - len(missing))  # repeated pairs, scored once
@@ -181,8 +181,8 @@ def _evaluate_model_on_ray(
 ) -> ModelResult:
     """:func:`score_model`'s work with the pairs the cache lacks scored in one Ray Data job (same keys, scores)."""
     started = time.perf_counter()
-    key = model_key(model_id, scorer_options, long_documents)
-    items, found, missing = _look_up(dataset, shortlist.run, cache, key, instruction)
+    scores_key = model_key(model_id, scorer_options, long_documents)
+    items, found, missing = _look_up(dataset, shortlist.run, cache, scores_key, instruction)
     hits = sum(1 for _, _, key in items if key in found)
     if missing:
         logger.info("Scoring %d pairs with %s on Ray Data.", len(missing), model_id)
@@ -191,7 +191,7 @@ def _evaluate_model_on_ray(
         )
         fresh = dict(zip(missing, scores))
         for start in range(0, len(fresh), _CHUNK_PAIRS):
-            cache.put_many(key, list(fresh.items())[start : start + _CHUNK_PAIRS])
+            cache.put_many(scores_key, list(fresh.items())[start : start + _CHUNK_PAIRS])
         found.update(fresh)
     run: Run = {qid: {} for qid in shortlist.run}
     for qid, doc_id, key in items:
