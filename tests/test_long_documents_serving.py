@@ -137,3 +137,19 @@ def test_serve_flags_are_checked_before_anything_loads(capsys: pytest.CaptureFix
     with pytest.raises(SystemExit) as exit_info:  # argparse's own refusal of a bad choice
         main(["serve", "--model", "./missing", "--long-documents", "chunk", "--aggregate", "median"])
     assert exit_info.value.code == 2
+
+
+def test_chunks_fill_the_per_document_limit_instead_of_a_413(tiny_scorer: PixieScorer, tiny_reranker) -> None:
+    from pixie_integrations.serving import ServerLimits
+
+    limits = ServerLimits(max_document_tokens=128)
+    with serve_in_thread(create_app(tiny_scorer, limits=limits)) as base, httpx.Client(base_url=base) as http:
+        whole = http.post("/rerank", json={"query": QUERY, "documents": DOCS})
+        chunked = http.post("/rerank", json={"query": QUERY, "documents": DOCS, "long_documents": "chunk"})
+    assert whole.status_code == 413  # one input of the long document is past the limit
+    assert chunked.status_code == 200
+    # The chunks are what a scorer with max_length=128 cuts: each input within the limit.
+    capped = PixieScorer(str(tiny_reranker), device="cpu", dtype="float32", max_length=128)
+    expected = [(r.index, r.score, r.chunk.to_dict()) for r in capped.rank(QUERY, DOCS, long_documents="chunk")]
+    got = [(r["index"], r["relevance_score"], r["pixie_chunk"]) for r in chunked.json()["results"]]
+    _same(got, expected)

@@ -342,6 +342,9 @@ class Routes:
         max_length = None if truncate_prompt_tokens in (None, -1) else truncate_prompt_tokens
         effective = self.scorer.max_length if max_length is None else min(max_length, self.scorer.max_length)
         chunked = long_documents is not None and long_documents.chunked
+        if chunked and limits.max_document_tokens is not None and limits.max_document_tokens < effective:
+            # Chunks fill what one input may hold here, so a long document is read in chunks, never refused.
+            effective = max_length = limits.max_document_tokens
         # A chunk input holds at most chunk_tokens of its document: the floor of one input, never more.
         floor_cap = long_documents.chunk_tokens if chunked and long_documents is not None else max_doc_tokens
         check_token_floor(pairs, self.token_floor, limits, max_length=effective, max_doc_tokens=floor_cap)
