@@ -126,11 +126,7 @@ class PairEncoder:
         encoder's limit for this call only (documents cut by it are counted).
         """
         check_max_doc_tokens(max_doc_tokens)
-        if max_length is None:
-            max_length = self.max_length
-        elif isinstance(max_length, bool) or not isinstance(max_length, int) or max_length <= 0:
-            raise ValueError(f"max_length must be a positive int or None, got {max_length!r}")
-        max_length = min(max_length, self.max_length)
+        max_length = self._call_limit(max_length)
         if self._loaded.family.uses_template:
             return self._encode_template(pairs, instruction, max_doc_tokens, max_length)
         return self._encode_plain(pairs, max_doc_tokens, max_length)
@@ -153,15 +149,19 @@ class PairEncoder:
         :meth:`encode` encodes it. ``max_doc_tokens`` cuts each document before it is chunked.
         """
         check_max_doc_tokens(max_doc_tokens)
-        if max_length is None:
-            max_length = self.max_length
-        elif isinstance(max_length, bool) or not isinstance(max_length, int) or max_length <= 0:
-            raise ValueError(f"max_length must be a positive int or None, got {max_length!r}")
-        max_length = min(max_length, self.max_length)
+        max_length = self._call_limit(max_length)
         plan = ChunkPlan(len(pairs), how=settings.aggregate, max_chunks=settings.max_chunks)
         if self._loaded.family.uses_template:
             return self._chunk_template(pairs, instruction, settings, plan, max_doc_tokens, max_length)
         return self._chunk_plain(pairs, settings, plan, max_doc_tokens, max_length)
+
+    def _call_limit(self, max_length: int | None) -> int:
+        """One call's length limit: ``max_length`` if given (a positive int), at most the encoder's own."""
+        if max_length is None:
+            return self.max_length
+        if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length <= 0:
+            raise ValueError(f"max_length must be a positive int or None, got {max_length!r}")
+        return min(max_length, self.max_length)
 
     def _windows(
         self,

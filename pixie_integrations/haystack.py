@@ -575,15 +575,7 @@ class PixieRanker:
         if not documents:
             return {"documents": []}  # before checking top_k, as the reference ranker does
         top_k, scale_score, score_threshold = self._resolve(top_k, scale_score, score_threshold)
-        chunking = resolve_long_documents(
-            long_documents,
-            default=self._long_documents,
-            chunk_tokens=chunk_tokens,
-            chunk_overlap=chunk_overlap,
-            max_chunks=max_chunks,
-            aggregate=aggregate,
-            chunk_boundary=chunk_boundary,
-        )
+        chunking = self._chunking(long_documents, chunk_tokens, chunk_overlap, max_chunks, aggregate, chunk_boundary)
         candidates, query_text, texts = self._prepare(query, documents)
         if self._scorer is None:
             self._log_lazy_warm_up()
@@ -622,15 +614,7 @@ class PixieRanker:
         if not documents:
             return {"documents": []}
         top_k, scale_score, score_threshold = self._resolve(top_k, scale_score, score_threshold)
-        chunking = resolve_long_documents(
-            long_documents,
-            default=self._long_documents,
-            chunk_tokens=chunk_tokens,
-            chunk_overlap=chunk_overlap,
-            max_chunks=max_chunks,
-            aggregate=aggregate,
-            chunk_boundary=chunk_boundary,
-        )
+        chunking = self._chunking(long_documents, chunk_tokens, chunk_overlap, max_chunks, aggregate, chunk_boundary)
         candidates, query_text, texts = self._prepare(query, documents)
         if self._scorer is None:
             self._log_lazy_warm_up()
@@ -657,6 +641,26 @@ class PixieRanker:
         if top_k <= 0:
             raise ValueError(f"top_k must be > 0, but got {top_k}")
         return top_k, scale_score, score_threshold
+
+    def _chunking(
+        self,
+        long_documents: str | None,
+        chunk_tokens: int | None,
+        chunk_overlap: int | None,
+        max_chunks: int | None,
+        aggregate: str | None,
+        chunk_boundary: str | None,
+    ) -> LongDocuments:
+        """A run's long-document settings: each one given overrides the init value (``None`` keeps it)."""
+        return resolve_long_documents(
+            long_documents,
+            default=self._long_documents,
+            chunk_tokens=chunk_tokens,
+            chunk_overlap=chunk_overlap,
+            max_chunks=max_chunks,
+            aggregate=aggregate,
+            chunk_boundary=chunk_boundary,
+        )
 
     def _prepare(self, query: str, documents: list[Document]) -> tuple[list[Document], str, list[str]]:
         """The documents left after collapsing ids, the query text and each document's text, as scored."""

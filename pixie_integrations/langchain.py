@@ -258,15 +258,7 @@ class PixieRerank(BaseDocumentCompressor):
             (:meth:`~pixie_integrations.ChunkSpan.to_dict`).
         """
         n, instr, threshold = self._call_settings(top_n, instruction, score_threshold)
-        chunking = resolve_long_documents(
-            long_documents,
-            default=self._long_documents,
-            chunk_tokens=chunk_tokens,
-            chunk_overlap=chunk_overlap,
-            max_chunks=max_chunks,
-            aggregate=aggregate,
-            chunk_boundary=chunk_boundary,
-        )
+        chunking = self._chunking(long_documents, chunk_tokens, chunk_overlap, max_chunks, aggregate, chunk_boundary)
         if len(documents) == 0:
             return []  # nothing to score: no model load, no run
         manager = CallbackManager.configure(callbacks, local_metadata=self._run_metadata(n, threshold))
@@ -324,15 +316,7 @@ class PixieRerank(BaseDocumentCompressor):
         first call's model load also runs in a worker thread.
         """
         n, instr, threshold = self._call_settings(top_n, instruction, score_threshold)
-        chunking = resolve_long_documents(
-            long_documents,
-            default=self._long_documents,
-            chunk_tokens=chunk_tokens,
-            chunk_overlap=chunk_overlap,
-            max_chunks=max_chunks,
-            aggregate=aggregate,
-            chunk_boundary=chunk_boundary,
-        )
+        chunking = self._chunking(long_documents, chunk_tokens, chunk_overlap, max_chunks, aggregate, chunk_boundary)
         if len(documents) == 0:
             return []
         manager = AsyncCallbackManager.configure(callbacks, local_metadata=self._run_metadata(n, threshold))
@@ -396,6 +380,26 @@ class PixieRerank(BaseDocumentCompressor):
             call_top_n = _check_top_n(top_n)
         threshold = self.score_threshold if isinstance(score_threshold, _Unset) else score_threshold
         return call_top_n, instruction if instruction is not None else self.instruction, threshold
+
+    def _chunking(
+        self,
+        long_documents: str | LongDocuments | None,
+        chunk_tokens: int | None,
+        chunk_overlap: int | None,
+        max_chunks: int | None,
+        aggregate: str | None,
+        chunk_boundary: str | None,
+    ) -> LongDocuments:
+        """A call's long-document settings: each one given overrides the instance's (``None`` keeps it)."""
+        return resolve_long_documents(
+            long_documents,
+            default=self._long_documents,
+            chunk_tokens=chunk_tokens,
+            chunk_overlap=chunk_overlap,
+            max_chunks=max_chunks,
+            aggregate=aggregate,
+            chunk_boundary=chunk_boundary,
+        )
 
     def _run_metadata(self, top_n: int | None, score_threshold: float | None) -> dict[str, Any]:
         return {"pixie_model": self.model, "top_n": top_n, "score_threshold": score_threshold}

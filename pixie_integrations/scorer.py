@@ -307,14 +307,7 @@ class PixieScorer:
         """
         check_query(query)
         docs = check_documents(documents)
-        settings = resolve_long_documents(
-            long_documents,
-            chunk_tokens=chunk_tokens,
-            chunk_overlap=chunk_overlap,
-            max_chunks=max_chunks,
-            aggregate=aggregate,
-            chunk_boundary=chunk_boundary,
-        )
+        settings = _long_documents(long_documents, chunk_tokens, chunk_overlap, max_chunks, aggregate, chunk_boundary)
         with rerank_span("PixieScorer.score", entry_point="scorer") as span:
             self._trace_request(span, query, docs, instruction)
             scores, _ = self._score(
@@ -344,14 +337,7 @@ class PixieScorer:
     ) -> list[float]:
         """Score (query, document) pairs whose queries differ. Same arguments and return as :meth:`score`."""
         checked = check_pairs(pairs)
-        settings = resolve_long_documents(
-            long_documents,
-            chunk_tokens=chunk_tokens,
-            chunk_overlap=chunk_overlap,
-            max_chunks=max_chunks,
-            aggregate=aggregate,
-            chunk_boundary=chunk_boundary,
-        )
+        settings = _long_documents(long_documents, chunk_tokens, chunk_overlap, max_chunks, aggregate, chunk_boundary)
         with rerank_span("PixieScorer.score_pairs", entry_point="scorer") as span:
             self._trace_request(span, _one_query(checked), [d for _, d in checked], instruction)
             scores, _ = self._score(
@@ -397,14 +383,7 @@ class PixieScorer:
         check_top_n(top_n)  # before scoring anything
         check_query(query)
         docs = check_documents(documents)
-        settings = resolve_long_documents(
-            long_documents,
-            chunk_tokens=chunk_tokens,
-            chunk_overlap=chunk_overlap,
-            max_chunks=max_chunks,
-            aggregate=aggregate,
-            chunk_boundary=chunk_boundary,
-        )
+        settings = _long_documents(long_documents, chunk_tokens, chunk_overlap, max_chunks, aggregate, chunk_boundary)
         with rerank_span("PixieScorer.rank", entry_point="scorer") as span:
             self._trace_request(span, query, docs, instruction, top_n=top_n)
             scores, chunks = self._score(
@@ -462,14 +441,7 @@ class PixieScorer:
         run."""
         check_query(query)
         docs = check_documents(documents)
-        settings = resolve_long_documents(
-            long_documents,
-            chunk_tokens=chunk_tokens,
-            chunk_overlap=chunk_overlap,
-            max_chunks=max_chunks,
-            aggregate=aggregate,
-            chunk_boundary=chunk_boundary,
-        )
+        settings = _long_documents(long_documents, chunk_tokens, chunk_overlap, max_chunks, aggregate, chunk_boundary)
         with rerank_span("PixieScorer.ascore", entry_point="scorer") as span:
             self._trace_request(span, query, docs, instruction)
             result = await self._ascore_checked(
@@ -499,14 +471,7 @@ class PixieScorer:
     ) -> list[float]:
         """:meth:`score_pairs` through the batching engine, as :meth:`ascore`."""
         checked = check_pairs(pairs)
-        settings = resolve_long_documents(
-            long_documents,
-            chunk_tokens=chunk_tokens,
-            chunk_overlap=chunk_overlap,
-            max_chunks=max_chunks,
-            aggregate=aggregate,
-            chunk_boundary=chunk_boundary,
-        )
+        settings = _long_documents(long_documents, chunk_tokens, chunk_overlap, max_chunks, aggregate, chunk_boundary)
         with rerank_span("PixieScorer.ascore_pairs", entry_point="scorer") as span:
             self._trace_request(span, _one_query(checked), [d for _, d in checked], instruction)
             result = await self._ascore_checked(
@@ -540,14 +505,7 @@ class PixieScorer:
         check_top_n(top_n)
         check_query(query)
         docs = check_documents(documents)
-        settings = resolve_long_documents(
-            long_documents,
-            chunk_tokens=chunk_tokens,
-            chunk_overlap=chunk_overlap,
-            max_chunks=max_chunks,
-            aggregate=aggregate,
-            chunk_boundary=chunk_boundary,
-        )
+        settings = _long_documents(long_documents, chunk_tokens, chunk_overlap, max_chunks, aggregate, chunk_boundary)
         with rerank_span("PixieScorer.arank", entry_point="scorer") as span:
             self._trace_request(span, query, docs, instruction, top_n=top_n)
             result = await self._ascore_checked(
@@ -685,6 +643,25 @@ class PixieScorer:
     def _plan(self, encoded: list[EncodedPair]) -> list[tuple[list[int], bool]]:
         """Batches of indices, each flagged whether its pairs share one prefix (run once, through its KV cache)."""
         return self._pipeline.plan(encoded)
+
+
+def _long_documents(
+    long_documents: str | LongDocuments | None,
+    chunk_tokens: int | None,
+    chunk_overlap: int | None,
+    max_chunks: int | None,
+    aggregate: str | None,
+    chunk_boundary: str | None,
+) -> LongDocuments:
+    """One call's long-document arguments as one :class:`LongDocuments` (checked before anything is scored)."""
+    return resolve_long_documents(
+        long_documents,
+        chunk_tokens=chunk_tokens,
+        chunk_overlap=chunk_overlap,
+        max_chunks=max_chunks,
+        aggregate=aggregate,
+        chunk_boundary=chunk_boundary,
+    )
 
 
 def _one_query(pairs: list[tuple[str, str]]) -> str | None:
